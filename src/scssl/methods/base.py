@@ -1,0 +1,181 @@
+"""The method contract: one small class per SSL method, registered by name.
+
+A method owns its input transform, encoder and heads, and computes its loss from a
+:class:`Batch`. It never touches AnnData, files or the optimiser; the training loop in
+``scssl.train`` serves every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from scssl.encoders import build_encoder
+from scssl.transforms import InputTransform
+
+METHODS: dict[str, type[SSLMethod]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a method available as ``SSLModel(adata, method=name)``."""
+
+    def wrap(cls):
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[SSLMethod]:
+    """The registered method class called ``name``."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; available: {sorted(METHODS)}")
+    return METHODS[name]
+
+
+@dataclass
+class MethodConfig:
+    """Hyper-parameters shared by every method; subclasses add their own.
+
+    Attributes
+    ----------
+    encoder
+        Registered encoder name (``"mlp"``).
+    hidden
+        Hidden layer widths of the encoder.
+    latent_dim
+        Embedding width.
+    dropout
+        Dropout after each hidden layer.
+    input_dropout
+        Dropout on input genes.
+    norm
+        Normalisation layer in the MLP: ``"layer"``, ``"batch"`` or ``None``.
+    scale
+        Standardise genes (training mean/std) before the encoder.
+    encoder_options
+        Extra keyword arguments for encoders with their own hyper-parameters.
+    """
+
+    encoder: str = "mlp"
+    hidden: tuple[int, ...] = (512, 256)
+    latent_dim: int = 64
+    dropout: float = 0.1
+    input_dropout: float = 0.0
+    norm: str | None = "layer"
+    scale: bool = True
+    encoder_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def needs_counts(self) -> bool:
+        """Whether the objective is a count likelihood (NB/ZINB) that needs raw counts."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MethodConfig:
+        """Build from plain values (JSON, CLI), naming any unknown key."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameter(s) {sorted(unknown)} for this method; valid: {sorted(known)}"
+            )
+        hints = typing.get_type_hints(cls)
+        coerced = {}
+        for key, value in values.items():
+            # JSON has no tuples: bring lists back to the declared tuple type.
+            if isinstance(value, list) and "tuple" in str(hints[key]):
+                value = tuple(value)
+            coerced[key] = value
+        return cls(**coerced)
+
+
+@dataclass
+class Batch:
+    """One minibatch as a method sees it.
+
+    Attributes
+    ----------
+    counts
+        Raw values in model gene order (counts, or log-normalised values for ``kind="lognorm"``).
+    x
+        Model input: ``transform(counts)``.
+    batch_index
+        Integer batch label per cell (``-1`` = unknown), or ``None`` without a batch key.
+    generator
+        Random generator for masks and augmentations (seeded by the trainer).
+    """
+
+    counts: torch.Tensor
+    x: torch.Tensor
+    batch_index: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+
+    @property
+    def library(self) -> torch.Tensor:
+        """Total counts per cell, shape (cells, 1)."""
+        return self.counts.sum(1, keepdim=True).clamp_min(1.0)
+
+
+@dataclass
+class LossOutput:
+    """A method's loss: ``total`` is optimised; ``parts`` are logged (detached scalars)."""
+
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class SSLMethod(nn.Module):
+    """Base class: input transform + encoder; subclasses add heads and ``loss``.
+
+    Parameters
+    ----------
+    n_genes
+        Size of the gene vocabulary.
+    config
+        The method's ``Config`` instance.
+    input_kind
+        ``"counts"`` or ``"lognorm"`` (see :class:`scssl.data.MatrixSpec`).
+    n_batches
+        Number of batch categories (0 without a batch key); batch-aware methods use it.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, n_genes: int, config: MethodConfig, input_kind: str = "counts", n_batches: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        self.n_genes = n_genes
+        self.n_batches = n_batches
+        self.transform = InputTransform(n_genes, kind=input_kind, scale=config.scale)
+        self.encoder = build_encoder(
+            config.encoder, n_genes, hidden=config.hidden, latent_dim=config.latent_dim,
+            dropout=config.dropout, input_dropout=config.input_dropout, norm=config.norm,
+            **config.encoder_options,
+        )
+
+    def prepare(self, counts: torch.Tensor, batch_index=None, generator=None) -> Batch:
+        """Raw minibatch → :class:`Batch` (transform applied on the batch's device)."""
+        return Batch(counts=counts, x=self.transform(counts), batch_index=batch_index, generator=generator)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Cell embedding of model input ``x`` (heads used only in training are not applied)."""
+        return self.encoder(x)
+
+    def loss(self, batch: Batch) -> LossOutput:
+        raise NotImplementedError
+
+    def after_optimizer_step(self, progress: float) -> None:
+        """Hook for momentum/EMA updates; ``progress`` runs from 0 to 1 over training."""

@@ -1,0 +1,51 @@
+"""Plots (``scssl.pl``): PNGs of embeddings and training curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anndata as ad
+import matplotlib
+
+matplotlib.use("Agg")  # headless by default: scssl writes files, it does not open windows
+import matplotlib.pyplot as plt  # noqa: E402
+import scanpy as sc  # noqa: E402
+
+
+def umap(adata: ad.AnnData, color: str | list[str], use_rep: str = "X_scssl", path: str | Path | None = None,
+         n_neighbors: int = 15, seed: int = 0, title: str | None = None):
+    """UMAP of ``adata.obsm[use_rep]`` coloured by ``color``; written to ``path`` when given.
+
+    Computes neighbours and UMAP with scanpy (stored under ``.uns["neighbors_<use_rep>"]`` and
+    ``.obsm["X_umap_<use_rep>"]``) unless they already exist.
+    """
+    key = f"X_umap_{use_rep}"
+    if key not in adata.obsm:
+        work = ad.AnnData(obs=adata.obs.copy(), obsm={use_rep: adata.obsm[use_rep]})
+        sc.pp.neighbors(work, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
+        sc.tl.umap(work, random_state=seed)
+        adata.obsm[key] = work.obsm["X_umap"]
+    colors = [color] if isinstance(color, str) else list(color)
+    view = ad.AnnData(obs=adata.obs[colors].copy(), obsm={"X_umap": adata.obsm[key]})
+    fig = sc.pl.embedding(view, basis="umap", color=colors, show=False, return_fig=True, title=title)
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    return fig
+
+
+def history(model, path: str | Path | None = None):
+    """Training and validation loss per epoch."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = [h["epoch"] for h in model.history]
+    ax.plot(epochs, [h["train_loss"] for h in model.history], label="train")
+    if any(h["val_loss"] is not None for h in model.history):
+        ax.plot(epochs, [h["val_loss"] for h in model.history], label="validation")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig

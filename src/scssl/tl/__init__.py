@@ -1,0 +1,1 @@
+"""Downstream tools (``scssl.tl``) on embeddings and fitted models."""

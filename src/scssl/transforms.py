@@ -1,0 +1,72 @@
+"""Per-batch input transform: library-size normalisation, log1p and per-gene scaling.
+
+It runs on the device after a batch is densified, so the user's matrix stays raw. Its
+statistics are buffers, saved with the weights, so a loaded model transforms new data
+exactly as it did the training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+def normalize_log1p(counts: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
+    """``log1p(counts / library * target_sum)`` per cell (scanpy's normalize_total + log1p)."""
+    library = counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.log1p(counts / library * target_sum)
+
+
+class InputTransform(nn.Module):
+    """Raw values → model input.
+
+    Parameters
+    ----------
+    n_genes
+        Number of genes in the model's vocabulary.
+    kind
+        ``"counts"`` normalises and log-transforms; ``"lognorm"`` takes values as they are.
+    scale
+        Standardise each gene with the training mean and standard deviation (like
+        ``sc.pp.scale``), clipped to ``±clip``.
+    """
+
+    def __init__(
+        self, n_genes: int, kind: str = "counts", scale: bool = True,
+        target_sum: float = 1e4, clip: float = 10.0,
+    ) -> None:
+        super().__init__()
+        self.kind, self.scale, self.target_sum, self.clip = kind, scale, target_sum, clip
+        self.register_buffer("mean", torch.zeros(n_genes))
+        self.register_buffer("std", torch.ones(n_genes))
+
+    def normalise(self, raw: torch.Tensor) -> torch.Tensor:
+        """Log-normalised values (no scaling)."""
+        return normalize_log1p(raw, self.target_sum) if self.kind == "counts" else raw
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        x = self.normalise(raw)
+        if self.scale:
+            x = ((x - self.mean) / self.std).clamp(-self.clip, self.clip)
+        return x
+
+    @torch.no_grad()
+    def fit_stats(self, batches: Iterable[torch.Tensor]) -> None:
+        """Per-gene mean and standard deviation of the normalised values, in one streaming pass."""
+        total = sq_total = None
+        n = 0
+        for raw in batches:
+            x = self.normalise(raw.to(self.mean.device)).double()
+            total = x.sum(0) if total is None else total + x.sum(0)
+            sq_total = (x * x).sum(0) if sq_total is None else sq_total + (x * x).sum(0)
+            n += x.shape[0]
+        if n == 0:
+            raise ValueError("no cells to compute input statistics from")
+        mean = total / n
+        var = (sq_total / n - mean * mean).clamp_min(0.0)
+        self.mean.copy_(mean.float())
+        # Genes that never vary get std 1: they stay at zero after centring instead of exploding.
+        std = var.sqrt().float()
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
