@@ -131,7 +131,150 @@ def run_demo(args) -> None:
     run(out=args.out, epochs=args.epochs, method=args.method)
 
 
-SUBCOMMANDS = [_pretrain, _embed, _methods, _demo]
+def _annotate(sub) -> None:
+    p = sub.add_parser("annotate", help="train a cell-type classifier on a labelled reference and annotate a query")
+    p.add_argument("model", help="model folder written by `scssl pretrain`")
+    p.add_argument("reference", help="labelled reference .h5ad")
+    p.add_argument("query", help=".h5ad to annotate (genes aligned to the model by name)")
+    p.add_argument("--out", required=True, help="annotated query .h5ad to write (never replaces a file unless --overwrite)")
+    p.add_argument("--labels-key", default="cell_type", help="reference .obs column with the cell types")
+    p.add_argument("--mode", choices=["finetune", "linear", "knn"], default="finetune")
+    p.add_argument("--n-shots", type=int, default=None, help="train on at most this many cells per type")
+    p.add_argument("--unknown-threshold", type=float, default=0.5, help="call 'unknown' below this confidence")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_annotate)
+
+
+def run_annotate(args) -> None:
+    from scssl import SSLModel, tl
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    model = SSLModel.load(args.model)
+    ref, query = read_h5ad(args.reference), read_h5ad(args.query)
+    result = tl.annotate(model, ref, query, labels_key=args.labels_key, mode=args.mode, n_shots=args.n_shots,
+                         unknown_threshold=args.unknown_threshold, epochs=args.epochs, seed=args.seed)
+    write_h5ad(query, args.out, args.query, args.overwrite)
+    counts = query.obs["scssl_prediction"].value_counts()
+    print(f"annotated {query.n_obs} cells ({args.mode}): " + ", ".join(f"{k} {v}" for k, v in counts.items() if v))
+    if result.n_test and result.macro_f1 == result.macro_f1:  # labelled query: scores are not NaN
+        print(f"accuracy {result.accuracy:.3f}, macro-F1 {result.macro_f1:.3f}")
+    print(f"wrote obs['scssl_prediction'], obs['scssl_confidence'] to {args.out}")
+
+
+def _cluster(sub) -> None:
+    p = sub.add_parser("cluster", help="cluster cells on an embedding (Leiden or k-means)")
+    p.add_argument("input", help=".h5ad with the embedding in obsm (or pass --model to embed first)")
+    p.add_argument("--out", required=True, help=".h5ad to write (never replaces a file unless --overwrite)")
+    p.add_argument("--model", default=None, help="model folder: embed into obsm[--use-rep] first")
+    p.add_argument("--use-rep", default="X_scssl", help="obsm key of the embedding")
+    p.add_argument("--method", choices=["leiden", "kmeans"], default="leiden")
+    p.add_argument("--n-clusters", type=int, default=None, help="clusters wanted (Leiden searches its resolution)")
+    p.add_argument("--resolution", type=float, default=1.0, help="Leiden resolution without --n-clusters")
+    p.add_argument("--labels-key", default=None, help=".obs column with known labels, to score ARI/NMI")
+    p.add_argument("--key-added", default="scssl_cluster", help="obs column for the clusters")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_cluster)
+
+
+def run_cluster(args) -> None:
+    from scssl import SSLModel, tl
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    adata = read_h5ad(args.input)
+    if args.model is not None:
+        adata.obsm[args.use_rep] = SSLModel.load(args.model).embed(adata)
+    scores = tl.cluster(adata, use_rep=args.use_rep, n_clusters=args.n_clusters, method=args.method,
+                        labels_key=args.labels_key, resolution=args.resolution, key_added=args.key_added,
+                        seed=args.seed)
+    write_h5ad(adata, args.out, args.input, args.overwrite)
+    print(", ".join(f"{k} {v:.3f}" if k != "n_clusters" else f"{k} {int(v)}" for k, v in scores.items()))
+    print(f"wrote obs[{args.key_added!r}] to {args.out}")
+
+
+def _bench(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark SSL methods against baselines (CSV + HTML report)")
+    p.add_argument("config", nargs="?", default=None, help="bench config YAML (or use --preset)")
+    p.add_argument("--preset", choices=["quick", "standard"], default=None,
+                   help="quick: one small dataset for CI; standard: the published table")
+    p.add_argument("--data", nargs="+", default=None, metavar="FILE.h5ad",
+                   help="run on these files instead of the config's datasets (labels in obs.cell_type)")
+    p.add_argument("--out", default=None, help="output folder (default bench_<preset or config name>); "
+                   "rerunning with the same folder resumes")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
+    p.add_argument("--epochs", type=int, default=None, help="override SSL pre-training epochs")
+    p.add_argument("--methods", nargs="+", default=None, help="override the methods (names or 'all')")
+    p.add_argument("--device", default=None, help="auto, cpu or cuda")
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args) -> None:
+    from scssl import bench
+
+    if (args.config is None) == (args.preset is None):
+        raise SystemExit("error: give a config YAML or --preset quick|standard (not both)")
+    source = args.preset or args.config
+    out = args.out or f"bench_{args.preset or Path(args.config).stem}"
+    result = bench.run(source, out, data=args.data, seeds=args.seeds, epochs=args.epochs,
+                       methods=args.methods, device=args.device)
+    print(f"{len(result.computed)} cells computed, {len(result.reused)} reused from {result.csv}")
+    for key, why in result.skipped.items():
+        print(f"skipped {key}: {why}")
+    for key, why in result.failed.items():
+        print(f"FAILED {key}: {why}", file=sys.stderr)
+    print(f"report: {result.report}")
+    if result.failed:
+        raise SystemExit(1)
+
+
+def _drug_response(sub) -> None:
+    p = sub.add_parser("drug-response", help="transfer a bulk drug-response model to single cells (scDEAL)")
+    p.add_argument("--bulk", required=True, help=".h5ad of bulk cell lines × genes (obs[cell_line_key])")
+    p.add_argument("--response", required=True, help="CSV(.gz) with drug_name, dataset, cell_line_key, ln_ic50/auc")
+    p.add_argument("--cells", required=True, help=".h5ad of single cells with raw counts")
+    p.add_argument("--drug", default="Gefitinib")
+    p.add_argument("--out", required=True, help=".h5ad to write (never the input unless --overwrite)")
+    p.add_argument("--dataset", default="GDSC2", help="GDSC1, GDSC2 or 'all'")
+    p.add_argument("--metric", default="ln_ic50", choices=["ln_ic50", "auc"])
+    p.add_argument("--target", default="binary", choices=["binary", "continuous"])
+    p.add_argument("--rule", default="quantile", choices=["quantile", "threshold"])
+    p.add_argument("--quantile", type=float, default=0.25, help="sensitive below this quantile of the drug's lines")
+    p.add_argument("--threshold", type=float, default=None, help="sensitive below this value (with --rule threshold)")
+    p.add_argument("--exclude-lines", nargs="*", default=[], help="lines left out of bulk training (the cells' lines)")
+    p.add_argument("--cell-line-key", default="cell_line_key")
+    p.add_argument("--layer", default=None, help="layer of --cells with the counts (default: X)")
+    p.add_argument("--no-adapt", action="store_true", help="apply the bulk model without domain adaptation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=run_drug_response)
+
+
+def run_drug_response(args) -> None:
+    import pandas as pd
+
+    from scssl.tl.drug_response import drug_response
+
+    if Path(args.out).exists() and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    if not Path(args.response).exists():
+        raise SystemExit(f"error: {args.response} not found")
+    bulk, cells = read_h5ad(args.bulk), read_h5ad(args.cells)
+    res = drug_response(
+        bulk, pd.read_csv(args.response), cells, args.drug,
+        dataset=None if args.dataset == "all" else args.dataset, metric=args.metric, target=args.target,
+        rule=args.rule, quantile=args.quantile, threshold=args.threshold, cell_line_key=args.cell_line_key,
+        exclude_lines=args.exclude_lines, layer=args.layer, adapt=not args.no_adapt, seed=args.seed,
+    )
+    write_h5ad(cells, args.out, args.cells, args.overwrite)
+    print(f"{res.drug}: {res.n_shared_genes} shared genes ({res.n_genes} used), {res.n_train_lines} bulk lines, "
+          f"excluded {res.excluded_lines}; wrote obs {res.obs_keys} to {args.out}")
+
+
+SUBCOMMANDS = [_pretrain, _embed, _methods, _demo, _annotate, _cluster, _bench, _drug_response]
 
 
 def build_parser() -> argparse.ArgumentParser:

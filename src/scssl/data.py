@@ -244,13 +244,15 @@ class CellData:
         block = self.rows(index)
         if sp.issparse(block):
             block = sp.csr_matrix(block)
-            sparse = torch.sparse_csr_tensor(
-                torch.from_numpy(block.indptr.astype(np.int64)),
-                torch.from_numpy(block.indices.astype(np.int64)),
-                torch.from_numpy(block.data.astype(np.float32)),
-                size=block.shape,
+            if torch.device(device).type == "cpu":
+                return torch.from_numpy(block.toarray().astype(np.float32, copy=False))
+            # Ship only the non-zeros to the accelerator and densify there.
+            rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+            sparse = torch.sparse_coo_tensor(
+                torch.from_numpy(np.vstack([rows, block.indices]).astype(np.int64)),
+                torch.from_numpy(block.data.astype(np.float32)), size=block.shape,
             )
-            return sparse.to(device).to_dense()
+            return sparse.to(device, non_blocking=True).to_dense()
         return torch.as_tensor(np.asarray(block, dtype=np.float32), device=device)
 
     def batches(

@@ -1,7 +1,8 @@
 """Cell encoders: model input (cells × genes) → embedding (cells × latent_dim).
 
 Encoders are registered by name so that a method's config can pick one
-(``encoder="mlp"``) and new architectures add one class.
+(``encoder="mlp"`` or ``encoder="transformer"``, options via ``encoder_options``) and new
+architectures add one class.
 """
 
 from __future__ import annotations
@@ -81,6 +82,80 @@ class MLPEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.input_dropout(x))
+
+
+@register_encoder("transformer")
+class TransformerEncoder(nn.Module):
+    """Transformer over gene tokens; the output of a learned cell token is the embedding.
+
+    Each cell is read as its ``top_k`` highest input values (``torch.topk`` on the model input,
+    i.e. the genes most above their training mean after scaling). A token is the gene's learned
+    embedding plus an embedding of its value, either binned (``n_bins`` equal-width bins on
+    ``[bin_min, bin_max]``, as scGPT's value binning) or its rank within the cell (Geneformer's
+    rank-value encoding). A cell token ([CLS], as in BERT) attends to all gene tokens.
+
+    Parameters
+    ----------
+    n_genes
+        Vocabulary size.
+    latent_dim
+        Embedding width.
+    dropout
+        Dropout in the transformer layers.
+    d_model, n_layers, n_heads
+        Width, depth and heads (small defaults train on CPU in minutes).
+    top_k
+        Genes attended to per cell.
+    value_encoding
+        ``"binned"`` or ``"rank"``.
+    n_bins, bin_min, bin_max
+        Value bins for ``"binned"`` (inputs are standardised log-expression, clipped at ±10).
+    hidden, input_dropout, norm
+        Accepted for interchangeability with the MLP encoder and ignored.
+    """
+
+    def __init__(
+        self, n_genes: int, latent_dim: int = 64, dropout: float = 0.1, d_model: int = 64,
+        n_layers: int = 2, n_heads: int = 4, top_k: int = 256, value_encoding: str = "binned",
+        n_bins: int = 16, bin_min: float = -1.0, bin_max: float = 5.0,
+        hidden: Sequence[int] = (), input_dropout: float = 0.0, norm: str | None = None,
+    ) -> None:
+        super().__init__()
+        if value_encoding not in ("binned", "rank"):
+            raise ValueError(f"value_encoding must be 'binned' or 'rank', got {value_encoding!r}")
+        self.latent_dim = latent_dim
+        self.top_k = min(top_k, n_genes)
+        self.value_encoding = value_encoding
+        self.gene_embedding = nn.Embedding(n_genes, d_model)
+        if value_encoding == "binned":
+            self.register_buffer("bin_edges", torch.linspace(bin_min, bin_max, n_bins - 1), persistent=False)
+            self.value_embedding = nn.Embedding(n_bins, d_model)
+        else:
+            self.value_embedding = nn.Embedding(self.top_k, d_model)
+        self.cell_token = nn.Parameter(torch.zeros(1, 1, d_model))
+        nn.init.normal_(self.cell_token, std=0.02)
+        layer = nn.TransformerEncoderLayer(
+            d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, latent_dim)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Gene tokens (cells × top_k × d_model) of each cell's top-k input values."""
+        values, genes = x.topk(self.top_k, dim=1)  # sorted: position = rank within the cell
+        if self.value_encoding == "binned":
+            value_ids = torch.bucketize(values.detach().float(), self.bin_edges)
+        else:
+            value_ids = torch.arange(self.top_k, device=x.device).expand(x.shape[0], -1)
+        return self.gene_embedding(genes) + self.value_embedding(value_ids)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens(x)
+        cell = self.cell_token.expand(x.shape[0], -1, -1)
+        out = self.transformer(torch.cat([cell, tokens], dim=1))
+        return self.head(self.norm(out[:, 0]))
 
 
 def build_encoder(name: str, n_genes: int, **options) -> nn.Module:

@@ -71,3 +71,111 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> tor
     logits.fill_diagonal_(float("-inf"))
     targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(logits, targets)
+
+
+def _off_diagonal(m: torch.Tensor) -> torch.Tensor:
+    """The off-diagonal entries of a square matrix, flattened."""
+    n = m.shape[0]
+    return m.flatten()[:-1].view(n - 1, n + 1)[:, 1:].flatten()
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 5e-3, eps: float = 1e-5) -> torch.Tensor:
+    """Barlow Twins redundancy reduction (Zbontar et al. 2021, ICML).
+
+    Each feature is standardised over the batch; the cross-correlation ``C`` of the two views
+    is pushed to the identity: ``Σ_i (1 - C_ii)² + lambd · Σ_{i≠j} C_ij²``.
+    """
+    n = z1.shape[0]
+    z1 = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
+    z2 = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)
+    c = z1.T @ z2 / n
+    on_diag = (1.0 - torch.diagonal(c)).pow(2).sum()
+    return on_diag + lambd * _off_diagonal(c).pow(2).sum()
+
+
+def vicreg_loss(
+    z1: torch.Tensor, z2: torch.Tensor, sim_weight: float = 25.0, var_weight: float = 25.0,
+    cov_weight: float = 1.0, eps: float = 1e-4,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Variance-invariance-covariance regularisation (Bardes et al. 2022, ICLR).
+
+    Invariance: MSE between views. Variance: hinge ``relu(1 - sqrt(var + eps))`` on each feature's
+    (unbiased) batch standard deviation, averaged, per view. Covariance: squared off-diagonal
+    covariances summed and divided by the width, per view.
+
+    Returns
+    -------
+    The weighted total and its three unweighted parts.
+    """
+    n, d = z1.shape
+    invariance = F.mse_loss(z1, z2)
+    variance = z1.new_zeros(())
+    covariance = z1.new_zeros(())
+    for z in (z1, z2):
+        std = torch.sqrt(z.var(0) + eps)
+        variance = variance + F.relu(1.0 - std).mean()
+        centred = z - z.mean(0)
+        cov = centred.T @ centred / (n - 1)
+        covariance = covariance + _off_diagonal(cov).pow(2).sum() / d
+    total = sim_weight * invariance + var_weight * variance + cov_weight * covariance
+    return total, {"invariance": invariance, "variance": variance, "covariance": covariance}
+
+
+def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL regression loss (Grill et al. 2020, NeurIPS): ``2 - 2·cos(p, t)``, mean over cells.
+
+    ``target`` comes from the momentum network and should carry no gradient.
+    """
+    return (2.0 - 2.0 * F.cosine_similarity(prediction, target, dim=1)).mean()
+
+
+def info_nce_queue(
+    query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2,
+) -> torch.Tensor:
+    """InfoNCE with a queue of negative keys (MoCo, He et al. 2020, CVPR).
+
+    Each L2-normalised ``query`` must pick out its own ``key`` (positive) among the ``queue``
+    rows (negatives, already normalised) by dot product / ``temperature``.
+    """
+    query = F.normalize(query, dim=1)
+    key = F.normalize(key, dim=1)
+    positive = (query * key).sum(1, keepdim=True)
+    negative = query @ queue.T
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    targets = torch.zeros(query.shape[0], dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, targets)
+
+
+def mmd(
+    x: torch.Tensor, y: torch.Tensor,
+    bandwidths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0), relative: bool = True,
+) -> torch.Tensor:
+    """Squared maximum mean discrepancy with a sum of Gaussian kernels (Gretton et al. 2012).
+
+    The multi-kernel form of deep adaptation networks (Long et al. 2015), used by scDEAL
+    (Chen et al. 2022) to align bulk and single-cell embeddings. Biased (V-statistic)
+    estimate: exactly zero when ``x`` and ``y`` are the same sample, never negative.
+
+    Parameters
+    ----------
+    x, y
+        Samples (n × d) and (m × d).
+    bandwidths
+        Kernel widths σ² in ``k(a, b) = exp(-|a - b|² / σ²)``.
+    relative
+        Read ``bandwidths`` as multiples of the mean pairwise squared distance of the pooled
+        sample (detached), so one setting serves embeddings of any scale.
+    """
+    z = torch.cat([x, y])
+    sq = torch.cdist(z, z).pow(2)
+    if relative:
+        n = z.shape[0]
+        scale = sq.detach().sum() / max(1, n * n - n)
+        scale = scale.clamp_min(1e-12)
+    else:
+        scale = sq.new_ones(())
+    kernel = sum(torch.exp(-sq / (scale * b)) for b in bandwidths)
+    n_x = x.shape[0]
+    return (
+        kernel[:n_x, :n_x].mean() + kernel[n_x:, n_x:].mean() - 2 * kernel[:n_x, n_x:].mean()
+    ).clamp_min(0.0)

@@ -94,6 +94,8 @@ def pca_embedding(adata: ad.AnnData, n_comps: int = 50, n_top_genes: int = 2000,
         sc.pp.log1p(work)
     if work.n_vars > n_top_genes:
         sc.pp.highly_variable_genes(work, n_top_genes=n_top_genes, subset=True)
+    if hasattr(work.X, "toarray"):
+        work.X = work.X.toarray()  # scaling densifies anyway; doing it here keeps scanpy quiet
     sc.pp.scale(work, max_value=10)
     n_comps = min(n_comps, work.n_vars - 1, work.n_obs - 1)
     return sc.pp.pca(work.X, n_comps=n_comps, random_state=seed).astype(np.float32)

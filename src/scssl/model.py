@@ -42,6 +42,8 @@ class SSLModel:
         ``"counts"``, ``"lognorm"`` or ``"auto"`` (integral values ⇒ counts).
     batch_key
         ``.obs`` column with batch labels, for batch-aware methods.
+    seed
+        Seeds the initial weights (``fit(seed=...)`` seeds the training itself).
     **hyperparameters
         The method's hyper-parameters (see ``get_method(method).Config``).
 
@@ -58,7 +60,7 @@ class SSLModel:
     def __init__(
         self, adata: ad.AnnData | None = None, method: str = "mae", *, layer: str | None = None,
         use_raw: bool = False, input_kind: str = "auto", batch_key: str | None = None,
-        **hyperparameters: Any,
+        seed: int = 0, **hyperparameters: Any,
     ) -> None:
         self.method_name = method
         method_cls = get_method(method)
@@ -75,9 +77,12 @@ class SSLModel:
         self.genes = list(self.data.genes)
         self.spec = self.data.spec
         self.batch_key, self.batch_categories = batch_key, self.data.batch_categories
-        self.module: SSLMethod = method_cls(
-            len(self.genes), self.config, self.spec.kind, len(self.batch_categories or []),
-        )
+        with torch.random.fork_rng():  # seeded initial weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            self.module: SSLMethod = method_cls(
+                len(self.genes), self.config, self.spec.kind, len(self.batch_categories or []),
+                gene_names=self.genes,
+            )
 
     def __repr__(self) -> str:
         state = f"trained {len(self.history)} epochs" if self.history else "untrained"
@@ -190,6 +195,7 @@ class SSLModel:
         model.history = config["history"]
         model.module = get_method(config["method"])(
             len(model.genes), model.config, model.spec.kind, len(model.batch_categories or []),
+            gene_names=model.genes,
         )
         state = load_tensors(path / "weights.safetensors", config["weights_sha256"])
         try:

@@ -7,6 +7,7 @@ Every method trains through :class:`Trainer`; it only calls ``method.loss(batch)
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -159,7 +160,8 @@ class Trainer:
     def _load_checkpoint(self, optimizer) -> tuple[int, dict, dict]:
         assert self.checkpoint_dir is not None
         meta = load_json(self.checkpoint_dir / "last.json")
-        if meta["method"] != self.method.name or meta["method_config"] != self.method.config.to_dict():
+        current = json.loads(json.dumps(self.method.config.to_dict()))  # as JSON stored it
+        if meta["method"] != self.method.name or meta["method_config"] != current:
             raise ValueError(
                 f"checkpoint in {self.checkpoint_dir} is for a different method or hyper-parameters; "
                 "resume with the same settings, or start afresh with resume=False"
@@ -201,6 +203,7 @@ class Trainer:
             self.method.transform.fit_stats(
                 counts for counts, _ in self._batches(self.train_idx, False, None)
             )
+            self.method.setup(counts for counts, _ in self._batches(self.train_idx, False, None))
             best_state = copy.deepcopy(self.method.state_dict())
 
         self.method.train()

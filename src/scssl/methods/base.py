@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -149,16 +150,23 @@ class SSLMethod(nn.Module):
         ``"counts"`` or ``"lognorm"`` (see :class:`scssl.data.MatrixSpec`).
     n_batches
         Number of batch categories (0 without a batch key); batch-aware methods use it.
+    gene_names
+        The vocabulary's gene names, for methods that read named gene sets (``None``: unknown).
     """
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
 
-    def __init__(self, n_genes: int, config: MethodConfig, input_kind: str = "counts", n_batches: int = 0) -> None:
+    def __init__(
+        self, n_genes: int, config: MethodConfig, input_kind: str = "counts", n_batches: int = 0,
+        gene_names: Sequence[str] | None = None,
+    ) -> None:
         super().__init__()
         self.config = config
         self.n_genes = n_genes
         self.n_batches = n_batches
+        self.input_kind = input_kind
+        self.gene_names = None if gene_names is None else list(gene_names)
         self.transform = InputTransform(n_genes, kind=input_kind, scale=config.scale)
         self.encoder = build_encoder(
             config.encoder, n_genes, hidden=config.hidden, latent_dim=config.latent_dim,
@@ -176,6 +184,13 @@ class SSLMethod(nn.Module):
 
     def loss(self, batch: Batch) -> LossOutput:
         raise NotImplementedError
+
+    def setup(self, batches: Iterable[torch.Tensor]) -> None:
+        """Hook called once before training (not on resume) with the training cells' raw batches.
+
+        For state computed from the data, e.g. co-expression gene modules; store it in buffers
+        so that it is saved with the weights. The input statistics are already fitted.
+        """
 
     def after_optimizer_step(self, progress: float) -> None:
         """Hook for momentum/EMA updates; ``progress`` runs from 0 to 1 over training."""

@@ -1,0 +1,582 @@
+"""Bulk → single-cell drug-response transfer in the manner of scDEAL (Chen et al. 2022, Nat Commun).
+
+Drug screens (GDSC; Yang et al. 2013, Iorio et al. 2016) measure response on bulk cell lines.
+A predictor trained on bulk expression is carried over to single cells with
+
+1. a denoising autoencoder per domain (Vincent et al. 2008) over the genes both share,
+2. alignment of the two latent spaces by multi-kernel maximum mean discrepancy
+   (:func:`scssl.losses.mmd`; Long et al. 2015), and
+3. a term that keeps single-cell cluster structure (cells of one Louvain cluster stay close),
+
+while the bulk encoder and predictor keep fitting the bulk labels.
+
+One deliberate departure from scDEAL: the single-cell encoder starts as a copy of the trained
+bulk encoder rather than from an independently pre-trained autoencoder. Both domains are
+standardised per gene, so the copy is already a sensible map into the predictor's latent
+space, and adaptation refines it instead of having MMD alone discover which single-cell
+direction means "sensitive".
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from scssl.encoders import MLPEncoder, mlp
+from scssl.losses import masked_mse, mmd
+from scssl.transforms import normalize_log1p
+
+log = logging.getLogger("scssl")
+
+
+# ---- response table ------------------------------------------------------------------------------
+def line_key(name: str) -> str:
+    """Cell-line matching key: upper-case alphanumerics (``"NCI-H1975"`` → ``"NCIH1975"``)."""
+    return re.sub(r"[^0-9A-Z]", "", str(name).upper())
+
+
+def response_table(
+    response: pd.DataFrame, drug: str, dataset: str | None = "GDSC2", metric: str = "ln_ic50",
+    cell_line_key: str = "cell_line_key",
+) -> pd.Series:
+    """One response value per cell line for ``drug``.
+
+    Duplicate (line, drug) rows — replicate screens or several compound IDs — are averaged.
+    Drug names match case-insensitively. ``dataset=None`` pools GDSC1 and GDSC2.
+    """
+    rows = response[response["drug_name"].str.lower() == drug.lower()]
+    if dataset is not None:
+        rows = rows[rows["dataset"] == dataset]
+    rows = rows.dropna(subset=[metric])
+    if rows.empty:
+        raise ValueError(f"no {metric} for drug {drug!r} in dataset {dataset!r}")
+    keys = rows[cell_line_key].map(line_key)
+    return rows[metric].groupby(keys.values).mean().rename(metric)
+
+
+def binarize(
+    values: pd.Series, rule: str = "quantile", quantile: float = 0.25, threshold: float | None = None,
+) -> tuple[pd.Series, float]:
+    """Sensitive (``True``) when the response is *below* a cut-off.
+
+    Lower ln IC50 and lower AUC both mean more sensitive.
+
+    Parameters
+    ----------
+    values
+        One response per line (:func:`response_table`), over *all* screened lines — the
+        cut-off is a property of the drug's screen, not of which lines we train on.
+    rule
+        ``"quantile"``: cut at ``values.quantile(quantile)`` (linear interpolation, pandas'
+        default); ``"threshold"``: cut at ``threshold``.
+
+    Returns
+    -------
+    labels, cutoff
+    """
+    if rule == "quantile":
+        if not 0.0 < quantile < 1.0:
+            raise ValueError(f"quantile must lie in (0, 1), got {quantile}")
+        cutoff = float(values.quantile(quantile))
+    elif rule == "threshold":
+        if threshold is None:
+            raise ValueError("rule='threshold' needs a threshold")
+        cutoff = float(threshold)
+    else:
+        raise ValueError(f"rule must be 'quantile' or 'threshold', got {rule!r}")
+    return values < cutoff, cutoff
+
+
+# ---- expression ----------------------------------------------------------------------------------
+def shared_genes(bulk: ad.AnnData, sc_adata: ad.AnnData, min_cells: int = 0, layer: str | None = None) -> list[str]:
+    """Gene symbols in both domains, in bulk order; single-cell genes seen in fewer than
+    ``min_cells`` cells are dropped (by default none: an all-zero gene standardises to 0)."""
+    counts = sc_adata.layers[layer] if layer else sc_adata.X
+    detected = np.asarray((counts > 0).sum(axis=0)).ravel() >= min_cells
+    sc_names = set(sc_adata.var_names[detected])
+    genes = [g for g in pd.unique(bulk.var_names) if g in sc_names]
+    if len(genes) == 0:
+        raise ValueError("bulk and single-cell data share no gene symbols")
+    return genes
+
+
+def _dense(x) -> np.ndarray:
+    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float32)
+
+
+def _standardize(x: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None,
+                 clip: float = 10.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if mean is None:
+        mean, std = x.mean(0), x.std(0)
+        std = np.where(std > 1e-6, std, 1.0)  # constant genes stay at zero
+    return np.clip((x - mean) / std, -clip, clip).astype(np.float32), mean, std
+
+
+def sc_lognorm(sc_adata: ad.AnnData, genes: Sequence[str], layer: str | None = None) -> np.ndarray:
+    """log1p(counts per 10k) of ``genes``; library sizes count *all* genes, not only shared ones."""
+    counts = sc_adata.layers[layer] if layer else sc_adata.X
+    library = np.asarray(counts.sum(axis=1)).ravel().astype(np.float32)
+    idx = sc_adata.var_names.get_indexer(genes)
+    x = _dense(counts[:, idx]) / np.maximum(library, 1.0)[:, None] * 1e4
+    return np.log1p(x).astype(np.float32)
+
+
+def pseudobulk(sc_adata: ad.AnnData, groupby: str, genes: Sequence[str], layer: str | None = None) -> pd.DataFrame:
+    """Summed counts per group → log1p(CPM/100) of ``genes`` (groups × genes)."""
+    counts = sc_adata.layers[layer] if layer else sc_adata.X
+    groups = sc_adata.obs[groupby].astype(str).to_numpy()
+    names = np.unique(groups)
+    totals = np.stack([np.asarray(counts[groups == g].sum(axis=0)).ravel() for g in names]).astype(np.float32)
+    x = normalize_log1p(torch.from_numpy(totals))  # library over all genes, as for cells
+    idx = sc_adata.var_names.get_indexer(genes)
+    return pd.DataFrame(x.numpy()[:, idx], index=names, columns=list(genes))
+
+
+def _louvain(x: np.ndarray, n_neighbors: int = 15, n_pcs: int = 30, seed: int = 0) -> np.ndarray:
+    """Louvain communities (Blondel et al. 2008) of a kNN graph on the top principal components."""
+    import igraph
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    n_pcs = min(n_pcs, x.shape[0] - 1, x.shape[1])
+    pcs = PCA(n_pcs, random_state=seed).fit_transform(x)
+    k = min(n_neighbors, x.shape[0] - 1)
+    _, nbrs = NearestNeighbors(n_neighbors=k + 1).fit(pcs).kneighbors(pcs)
+    edges = {(min(i, j), max(i, j)) for i, row in enumerate(nbrs) for j in row[1:] if i != j}
+    graph = igraph.Graph(n=x.shape[0], edges=sorted(edges))
+    np.random.seed(seed)  # igraph's multilevel draws from its own RNG, seeded through random
+    import random
+
+    random.seed(seed)
+    igraph.set_random_number_generator(random)
+    return np.asarray(graph.community_multilevel().membership)
+
+
+# ---- the module ----------------------------------------------------------------------------------
+def _cluster_compactness(z: torch.Tensor, clusters: torch.Tensor) -> torch.Tensor:
+    """Mean cosine distance between cells of the same cluster: scDEAL's term that keeps
+    single-cell heterogeneity while MMD pulls the domain onto the bulk one."""
+    zn = F.normalize(z, dim=1)
+    same = (clusters[:, None] == clusters[None, :]).float()
+    same.fill_diagonal_(0.0)
+    return ((1.0 - zn @ zn.T) * same).sum() / same.sum().clamp_min(1.0)
+
+
+class TransferModule(nn.Module):
+    """Bulk and single-cell denoising autoencoders over shared genes plus one response head.
+
+    Parameters
+    ----------
+    n_genes
+        Shared genes.
+    hidden, latent_dim, dropout
+        :class:`~scssl.encoders.MLPEncoder` shape; decoders mirror it.
+    n_outputs
+        1 (a logit, or a continuous response).
+    """
+
+    def __init__(self, n_genes: int, hidden: Sequence[int] = (256,), latent_dim: int = 64,
+                 dropout: float = 0.1, n_outputs: int = 1) -> None:
+        super().__init__()
+        self.bulk_encoder = MLPEncoder(n_genes, hidden, latent_dim, dropout=dropout)
+        self.bulk_decoder = mlp([latent_dim, *reversed(hidden), n_genes], dropout=dropout)
+        self.sc_encoder = MLPEncoder(n_genes, hidden, latent_dim, dropout=dropout)
+        self.sc_decoder = mlp([latent_dim, *reversed(hidden), n_genes], dropout=dropout)
+        self.head = mlp([latent_dim, 32, n_outputs], dropout=dropout)
+
+    def predict_bulk_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.bulk_encoder(x)).squeeze(-1)
+
+    def predict_sc_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.sc_encoder(x)).squeeze(-1)
+
+
+def _corrupt(x: torch.Tensor, noise: float, drop: float, generator: torch.Generator) -> torch.Tensor:
+    """Denoising-autoencoder input: Gaussian noise plus masking noise."""
+    keep = torch.rand(x.shape, generator=generator) >= drop
+    return (x + noise * torch.randn(x.shape, generator=generator)) * keep
+
+
+@dataclass
+class TransferConfig:
+    """Hyper-parameters, chosen once for all drugs (see ``benchmarks/drug_response.py``).
+
+    Attributes
+    ----------
+    hidden, latent_dim, dropout
+        Encoder shape (decoders mirror it).
+    noise, input_drop
+        Denoising corruption: Gaussian σ and fraction of genes zeroed.
+    pretrain_epochs
+        Bulk denoising-autoencoder epochs before the predictor is fitted.
+    bulk_epochs
+        Predictor epochs (bulk encoder + head, reconstruction kept as a regulariser).
+    adapt_epochs
+        Joint adaptation epochs.
+    mmd_weight, cluster_weight, recon_weight
+        Weights of MMD alignment (0.25, scDEAL's published default), single-cell cluster
+        compactness, and reconstruction.
+    batch_size, lr, weight_decay
+        AdamW on minibatches (bulk and single cells drawn side by side).
+    """
+
+    hidden: tuple[int, ...] = (256,)
+    latent_dim: int = 64
+    dropout: float = 0.1
+    noise: float = 0.5
+    input_drop: float = 0.2
+    pretrain_epochs: int = 20
+    bulk_epochs: int = 40
+    adapt_epochs: int = 30
+    mmd_weight: float = 0.25
+    cluster_weight: float = 0.1
+    recon_weight: float = 1.0
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+
+
+class DrugTransfer:
+    """Trains the bulk model, then adapts it to single cells; each stage can be scored alone.
+
+    Parameters
+    ----------
+    x_bulk
+        Training lines × shared genes, standardised per gene.
+    y_bulk
+        Labels (0/1) or a continuous response per line.
+    x_sc
+        Cells × shared genes, standardised per gene within the single-cell domain.
+    binary
+        Classification (class-balanced BCE, so probability 0.5 is the balanced call) or
+        regression (MSE on the standardised response).
+    """
+
+    def __init__(self, x_bulk: np.ndarray, y_bulk: np.ndarray, x_sc: np.ndarray, binary: bool = True,
+                 config: TransferConfig | None = None, seed: int = 0) -> None:
+        self.config = config or TransferConfig()
+        self.binary, self.seed = binary, seed
+        self.x_bulk = torch.as_tensor(x_bulk, dtype=torch.float32)
+        y = torch.as_tensor(np.asarray(y_bulk, dtype=np.float32))
+        if binary:
+            n_pos = float(y.sum())
+            if n_pos == 0 or n_pos == len(y):
+                raise ValueError("the bulk labels have a single class; change the binarisation rule")
+            self.pos_weight = torch.tensor((len(y) - n_pos) / n_pos)
+            self.y_mean, self.y_std = 0.0, 1.0
+        else:
+            self.y_mean, self.y_std = float(y.mean()), float(y.std().clamp_min(1e-6))
+            y = (y - self.y_mean) / self.y_std
+        self.y_bulk = y
+        self.x_sc = torch.as_tensor(x_sc, dtype=torch.float32)
+        torch.manual_seed(seed)
+        cfg = self.config
+        self.module = TransferModule(self.x_bulk.shape[1], cfg.hidden, cfg.latent_dim, cfg.dropout)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.history: dict[str, list[float]] = {"pretrain": [], "bulk": [], "adapt": []}
+
+    # ---- helpers ---------------------------------------------------------------------------------
+    def _batches(self, n: int) -> Iterable[torch.Tensor]:
+        order = torch.randperm(n, generator=self.generator)
+        bs = self.config.batch_size
+        n_full = max(1, n // bs)  # drop the ragged tail: tiny batches make MMD noisy
+        for i in range(n_full):
+            yield order[i * bs:(i + 1) * bs]
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def _recon(self, encoder, decoder, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        return masked_mse(decoder(encoder(_corrupt(x, cfg.noise, cfg.input_drop, self.generator))), x)
+
+    def _response_loss(self, pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return F.binary_cross_entropy_with_logits(pred, y, pos_weight=self.pos_weight)
+        return F.mse_loss(pred, y)
+
+    # ---- stages ----------------------------------------------------------------------------------
+    def fit_bulk(self) -> DrugTransfer:
+        """Denoising-autoencoder pre-training, then the response predictor on bulk lines."""
+        m, cfg = self.module, self.config
+        m.train()
+        opt = self._optimizer([*m.bulk_encoder.parameters(), *m.bulk_decoder.parameters()])
+        for _ in range(cfg.pretrain_epochs):
+            for idx in self._batches(len(self.x_bulk)):
+                loss = self._recon(m.bulk_encoder, m.bulk_decoder, self.x_bulk[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.history["pretrain"].append(float(loss.detach()))
+        opt = self._optimizer([*m.bulk_encoder.parameters(), *m.bulk_decoder.parameters(), *m.head.parameters()])
+        for _ in range(cfg.bulk_epochs):
+            for idx in self._batches(len(self.x_bulk)):
+                x = self.x_bulk[idx]
+                loss = self._response_loss(m.predict_bulk_encoder(x), self.y_bulk[idx])
+                loss = loss + cfg.recon_weight * self._recon(m.bulk_encoder, m.bulk_decoder, x)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.history["bulk"].append(float(loss.detach()))
+        m.eval()
+        return self
+
+    def adapt(self) -> DrugTransfer:
+        """Align the single-cell encoder to the bulk latent space (MMD) while the bulk predictor
+        keeps fitting its labels and the single-cell autoencoder keeps reconstructing."""
+        m, cfg = self.module, self.config
+        m.sc_encoder.load_state_dict(m.bulk_encoder.state_dict())
+        m.sc_decoder.load_state_dict(m.bulk_decoder.state_dict())
+        # Clusters of the single-cell data itself, as scDEAL (Louvain on the cells).
+        self.clusters = _louvain(self.x_sc.numpy(), seed=self.seed)
+        clusters = torch.as_tensor(self.clusters)
+        m.train()
+        opt = self._optimizer(m.parameters())
+        n_bulk, n_sc = len(self.x_bulk), len(self.x_sc)
+        for _ in range(cfg.adapt_epochs):
+            # One pass over the larger domain; the smaller one is resampled alongside.
+            n_steps = max(1, max(n_bulk, n_sc) // cfg.batch_size)
+            for _ in range(n_steps):
+                b = torch.randint(n_bulk, (min(cfg.batch_size, n_bulk),), generator=self.generator)
+                s = torch.randint(n_sc, (min(cfg.batch_size, n_sc),), generator=self.generator)
+                xb, xs = self.x_bulk[b], self.x_sc[s]
+                zb, zs = m.bulk_encoder(xb), m.sc_encoder(xs)
+                pred = m.head(zb).squeeze(-1)
+                parts = {
+                    "response": self._response_loss(pred, self.y_bulk[b]),
+                    "mmd": mmd(zb, zs),
+                    "cluster": _cluster_compactness(zs, clusters[s]),
+                    "recon": self._recon(m.bulk_encoder, m.bulk_decoder, xb)
+                    + self._recon(m.sc_encoder, m.sc_decoder, xs),
+                }
+                loss = (parts["response"] + cfg.mmd_weight * parts["mmd"]
+                        + cfg.cluster_weight * parts["cluster"] + cfg.recon_weight * parts["recon"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            self.history["adapt"].append(float(loss.detach()))
+        m.eval()
+        return self
+
+    # ---- predictions -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def _out(self, raw: torch.Tensor) -> np.ndarray:
+        if self.binary:
+            return torch.sigmoid(raw).numpy()
+        return (raw * self.y_std + self.y_mean).numpy()
+
+    @torch.no_grad()
+    def predict_bulk_model(self, x: np.ndarray) -> np.ndarray:
+        """The bulk encoder + head on any input standardised like the bulk (no adaptation)."""
+        self.module.eval()
+        return self._out(self.module.predict_bulk_encoder(torch.as_tensor(x, dtype=torch.float32)))
+
+    @torch.no_grad()
+    def predict_adapted(self, x: np.ndarray | None = None) -> np.ndarray:
+        """The adapted single-cell encoder + head (default: the training cells)."""
+        self.module.eval()
+        x = self.x_sc if x is None else torch.as_tensor(x, dtype=torch.float32)
+        return self._out(self.module.predict_sc_encoder(x))
+
+
+# ---- preparing both domains ----------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    """Both domains over shared genes, standardised, with the bulk labels."""
+
+    genes: list[str]
+    x_bulk: np.ndarray
+    y_bulk: np.ndarray
+    bulk_lines: list[str]
+    x_sc: np.ndarray
+    sc_mean: np.ndarray
+    sc_std: np.ndarray
+    n_shared_genes: int
+    cutoff: float | None
+    excluded_lines: list[str]
+    n_response_lines: int
+
+
+def prepare(
+    bulk: ad.AnnData, response: pd.DataFrame, sc_adata: ad.AnnData, drug: str, *,
+    dataset: str | None = "GDSC2", metric: str = "ln_ic50", target: str = "binary",
+    rule: str = "quantile", quantile: float = 0.25, threshold: float | None = None,
+    cell_line_key: str = "cell_line_key", exclude_lines: Iterable[str] = (), layer: str | None = None,
+    min_cells: int = 0, n_top_genes: int | None = 2000,
+) -> PreparedData:
+    """Align genes, join the response to bulk lines, apply the leakage guard and binarise.
+
+    Of the shared genes, the ``n_top_genes`` most variable across the bulk training lines
+    are kept (``None``: all) — unsupervised, and blind to the single cells and the labels.
+
+    The binarisation cut-off is computed over every line the drug was screened on in
+    ``dataset`` *before* any line is excluded, so excluding test lines does not move it.
+    """
+    if target not in ("binary", "continuous"):
+        raise ValueError(f"target must be 'binary' or 'continuous', got {target!r}")
+    values = response_table(response, drug, dataset, metric, cell_line_key)
+    cutoff = None
+    if target == "binary":
+        labels, cutoff = binarize(values, rule, quantile, threshold)
+        values = labels.astype(np.float32)
+
+    genes = shared_genes(bulk, sc_adata, min_cells, layer)
+    bulk_keys = bulk.obs[cell_line_key].map(line_key).to_numpy() if cell_line_key in bulk.obs \
+        else np.array([line_key(n) for n in bulk.obs_names])
+    excluded = {line_key(k) for k in exclude_lines}
+    missing = excluded - set(bulk_keys)
+    if missing:
+        warnings.warn(f"exclude_lines not among the bulk lines (nothing to exclude): {sorted(missing)}",
+                      stacklevel=2)
+    keep = np.isin(bulk_keys, values.index) & ~np.isin(bulk_keys, list(excluded))
+    if keep.sum() < 10:
+        raise ValueError(f"only {keep.sum()} bulk lines have a {drug} response after exclusions")
+    n_shared = len(genes)
+    x_bulk_raw = _dense(bulk.X[keep][:, bulk.var_names.get_indexer(genes)])
+    if n_top_genes is not None and n_top_genes < n_shared:
+        top = np.sort(np.argsort(-x_bulk_raw.var(0), kind="stable")[:n_top_genes])
+        genes, x_bulk_raw = [genes[i] for i in top], x_bulk_raw[:, top]
+    # Per-gene statistics from training lines only: the bulk file is z-scored over the whole
+    # matrix, not per gene, so genes still differ in level and spread.
+    x_bulk, _, _ = _standardize(x_bulk_raw)
+    x_sc, sc_mean, sc_std = _standardize(sc_lognorm(sc_adata, genes, layer))
+    return PreparedData(
+        genes=genes, x_bulk=x_bulk, y_bulk=values.loc[bulk_keys[keep]].to_numpy(np.float32),
+        bulk_lines=list(bulk_keys[keep]), x_sc=x_sc, sc_mean=sc_mean, sc_std=sc_std,
+        n_shared_genes=n_shared, cutoff=cutoff,
+        excluded_lines=sorted(excluded & set(bulk_keys)), n_response_lines=len(values),
+    )
+
+
+def pseudobulk_inputs(sc_adata: ad.AnnData, groupby: str, data: PreparedData,
+                      layer: str | None = None) -> pd.DataFrame:
+    """Per-group pseudo-bulk profiles standardised with the single cells' gene statistics, so
+    they sit on the same per-gene scale as the cells the bulk model is applied to.
+
+    (Matching pseudo-bulk to the microarray value distribution instead, rank for rank, put it
+    outside the bulk model's range: every line scored the same.)"""
+    pb = pseudobulk(sc_adata, groupby, data.genes, layer)
+    x, _, _ = _standardize(pb.to_numpy(), data.sc_mean, data.sc_std)
+    return pd.DataFrame(x, index=pb.index, columns=pb.columns)
+
+
+# ---- the user-facing tool ------------------------------------------------------------------------
+@dataclass
+class DrugResponseResult:
+    """What :func:`drug_response` did (the per-cell predictions are in ``.obs``)."""
+
+    drug: str
+    dataset: str | None
+    target: str
+    n_shared_genes: int
+    n_genes: int
+    n_train_lines: int
+    n_sensitive_lines: int | None
+    cutoff: float | None
+    excluded_lines: list[str]
+    obs_keys: list[str]
+    history: dict[str, list[float]] = field(repr=False, default_factory=dict)
+
+
+def drug_response(
+    bulk: ad.AnnData, response: pd.DataFrame, sc_adata: ad.AnnData, drug: str = "Gefitinib", *,
+    dataset: str | None = "GDSC2", metric: str = "ln_ic50", target: str = "binary",
+    rule: str = "quantile", quantile: float = 0.25, threshold: float | None = None,
+    cell_line_key: str = "cell_line_key", exclude_lines: Iterable[str] = (), layer: str | None = None,
+    n_top_genes: int | None = 2000, adapt: bool = True, call_threshold: float = 0.5, config: TransferConfig | None = None, seed: int = 0,
+) -> DrugResponseResult:
+    """Predict single-cell drug sensitivity from a bulk screen (scDEAL; Chen et al. 2022).
+
+    Parameters
+    ----------
+    bulk
+        Cell lines × genes (symbols in ``var_names``), log-scale expression (any global
+        scaling; genes are standardised here over the training lines).
+    response
+        Long table with ``drug_name``, ``dataset``, ``cell_line_key`` and ``metric`` columns
+        (the GDSC table in ``shared/data``); joined to ``bulk.obs[cell_line_key]``.
+    sc_adata
+        Cells × genes (symbols), raw counts in ``.X`` or ``layer``. Gets the predictions.
+    drug
+        Drug name as in ``response`` (case-insensitive).
+    dataset
+        ``"GDSC1"``, ``"GDSC2"`` or ``None`` (both; duplicates averaged).
+    metric
+        ``"ln_ic50"`` or ``"auc"`` (lower = more sensitive for both).
+    target
+        ``"binary"``: sensitive when the metric is below the cut-off given by ``rule``
+        (default: the drug's lower quartile over all screened lines); ``"continuous"``:
+        regress the metric itself.
+    rule, quantile, threshold
+        See :func:`binarize`.
+    n_top_genes
+        Shared genes kept, the most variable across bulk training lines (``None``: all).
+    exclude_lines
+        Lines to drop from bulk training — the lines the single cells come from, when the
+        cells are used for evaluation. Matched on :func:`line_key`.
+    adapt
+        Train the single-cell autoencoder with MMD alignment; ``False`` applies the bulk
+        model to the standardised cells as they are.
+    call_threshold
+        Probability (binary) at which a cell is called sensitive; for ``"continuous"`` the
+        call is ``prediction < threshold`` (or the quantile cut-off).
+    config, seed
+        Hyper-parameters and seed.
+
+    Returns
+    -------
+    DrugResponseResult
+        Writes ``.obs["<drug>_sensitivity"]`` (probability of sensitivity; for a continuous
+        target the predicted metric, in ``.obs["<drug>_<metric>"]`` instead) and
+        ``.obs["<drug>_sensitive"]`` (bool).
+
+    Examples
+    --------
+    >>> res = scssl.tl.drug_response(bulk, gdsc, cells, drug="Gefitinib",
+    ...                              exclude_lines=["HCC827", "NCI-H1975", "NCI-H2228"])
+    >>> cells.obs.groupby("cell_type")["Gefitinib_sensitivity"].mean()
+    """
+    data = prepare(bulk, response, sc_adata, drug, dataset=dataset, metric=metric, target=target,
+                   rule=rule, quantile=quantile, threshold=threshold, cell_line_key=cell_line_key,
+                   exclude_lines=exclude_lines, layer=layer, n_top_genes=n_top_genes)
+    binary = target == "binary"
+    model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, binary=binary, config=config, seed=seed).fit_bulk()
+    if adapt:
+        model.adapt()
+        pred = model.predict_adapted()
+    else:
+        pred = model.predict_bulk_model(data.x_sc)
+    if binary:
+        score_key = f"{drug}_sensitivity"
+        sc_adata.obs[score_key] = pred
+        sc_adata.obs[f"{drug}_sensitive"] = pred >= call_threshold
+    else:
+        score_key = f"{drug}_{metric}"
+        sc_adata.obs[score_key] = pred
+        if threshold is None:
+            _, cut = binarize(response_table(response, drug, dataset, metric, cell_line_key), "quantile", quantile)
+        else:
+            cut = threshold
+        sc_adata.obs[f"{drug}_sensitive"] = pred < cut
+    log.info("%s: %d shared genes (%d used), %d training lines", drug, data.n_shared_genes,
+             len(data.genes), len(data.bulk_lines))
+    return DrugResponseResult(
+        drug=drug, dataset=dataset, target=target, n_shared_genes=data.n_shared_genes,
+        n_genes=len(data.genes),
+        n_train_lines=len(data.bulk_lines),
+        n_sensitive_lines=int(data.y_bulk.sum()) if binary else None,
+        cutoff=data.cutoff if binary else None, excluded_lines=data.excluded_lines,
+        obs_keys=[score_key, f"{drug}_sensitive"], history=copy.deepcopy(model.history),
+    )

@@ -1,0 +1,199 @@
+"""scssl.bench: configs, the resumable runner, the CSV contract, the HTML report in a real browser.
+
+The ``quick`` preset runs once per session on real data (1,200 PBMCs, three chemistries):
+mae + pca + logreg + hvg_knn, one seed, a few epochs.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from scssl import bench
+from scssl.bench.config import BASELINES, load_config
+from scssl.bench.runner import COLUMNS, append_rows, read_rows, scorable
+from scssl.methods import METHODS
+
+from conftest import make_counts
+
+QUICK_DATASET = "pbmc_10x_3chemistries_symphony"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+# ---- configs -------------------------------------------------------------------------------------
+def test_standard_preset_takes_every_registered_method_and_baseline(shared_data):
+    config = load_config("standard", data_dir=shared_data)
+    assert set(config.methods) == set(METHODS) | set(BASELINES)
+    assert [d.name for d in config.datasets] == list(bench.config.STANDARD_DATASETS)
+    assert all(Path(d.path).exists() for d in config.datasets)
+    assert config.seeds == [0, 1, 2]
+
+
+def test_yaml_config_and_data_override(tmp_path):
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({
+        "datasets": [{"name": "x", "path": "/nowhere/x.h5ad", "label_key": "ct", "batch_key": None}],
+        "methods": ["pca", "all"], "seeds": [3], "tasks": ["knn"],
+    }))
+    config = load_config(path)
+    assert config.methods[0] == "pca" and set(config.methods) == set(METHODS) | set(BASELINES)
+    assert config.datasets[0].label_key == "ct" and config.datasets[0].batch_key is None
+    config = load_config(path, data=[str(tmp_path / "mine.h5ad")], seeds=[0, 1])
+    assert [d.name for d in config.datasets] == ["mine"] and config.seeds == [0, 1]
+
+
+@pytest.mark.parametrize("bad", [{"methods": ["nope"]}, {"epochz": 3}, {"tasks": ["knn", "vibes"]}, {"datasets": []}])
+def test_bad_configs_are_rejected(bad):
+    values = {"datasets": ["x"], "methods": ["pca"], **bad}
+    with pytest.raises(ValueError):
+        load_config(values, data_dir="/nowhere")
+
+
+def test_append_rows_keeps_one_header_and_exact_columns(tmp_path):
+    path = tmp_path / "r.csv"
+    append_rows(path, [{"dataset": "d", "method": "m", "seed": 0, "task": "knn", "metric": "macro_f1", "value": 0.5}])
+    append_rows(path, [{"dataset": "d", "method": "m", "seed": 1, "task": "knn", "metric": "macro_f1", "value": 0.25}])
+    with open(path) as fh:
+        assert next(csv.reader(fh)) == COLUMNS
+    assert [(r["seed"], r["value"]) for r in read_rows(path)] == [(0, 0.5), (1, 0.25)]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_types_rarer_than_the_folds_are_left_out_of_f1():
+    labels = np.array(["a"] * 10 + ["b"] * 5 + ["c"] * 4)
+    assert scorable(labels).sum() == 15
+
+
+def test_synthetic_run_skips_with_reasons(tmp_path):
+    """Harmony has nothing to integrate without batches: skipped with a reason, not a crash."""
+    adata = make_counts(n_cells=150, n_genes=60)
+    adata.obs["cell_type"] = adata.obs["group"].astype(str)
+    del adata.obs["batch"]
+    path = tmp_path / "toy.h5ad"
+    adata.write_h5ad(path)
+    result = bench.run({"datasets": [{"path": str(path)}], "methods": ["pca", "harmony", "hvg_knn"],
+                        "tasks": ["knn", "cluster", "cost"], "seeds": [0, 1], "umap": False}, tmp_path / "out")
+    assert not result.failed
+    assert "toy/harmony" in result.skipped and "batch" in result.skipped["toy/harmony"]
+    df = pd.read_csv(result.csv)
+    assert set(df.method) == {"pca", "hvg_knn"} and set(df.seed) == {0, 1}
+    knn = df[(df.task == "knn") & (df.method == "pca")].value
+    assert (knn > 0.9).all()  # three well-separated groups
+    assert "harmony" in result.report.read_text()
+
+
+# ---- the quick preset on real data ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def quick_run(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench_quick")
+    start = time.perf_counter()
+    result = bench.run("quick", out, data_dir=shared_data)
+    return result, time.perf_counter() - start
+
+
+def test_quick_preset_fills_every_cell(quick_run):
+    result, seconds = quick_run
+    assert not result.failed, result.failed
+    config = load_config("quick")
+    df = pd.read_csv(result.csv)
+    assert list(df.columns) == COLUMNS
+    cells = {(d.name, m, s) for d in config.datasets for m in config.methods for s in config.seeds}
+    assert set(map(tuple, df[["dataset", "method", "seed"]].drop_duplicates().to_numpy().tolist())) == cells
+    assert sorted(result.computed) == sorted(cells)
+    assert not df.duplicated(["dataset", "method", "seed", "task", "metric"]).any()
+    # every embedding method has kNN and clustering scores, the supervised baseline its F1, all a cost
+    for method in ("mae", "pca", "hvg_knn"):
+        got = set(df[df.method == method].metric)
+        assert {"macro_f1", "kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi", "wall_s", "peak_rss_mb"} <= got
+    assert ((df.method == "logreg") & (df.task == "annotation") & (df.metric == "macro_f1")).any()
+    assert ((df.method == "mae") & (df.metric == "train_cells_per_s")).any()
+    assert seconds < 600, f"quick preset took {seconds:.0f} s"
+
+
+def test_quick_metrics_are_in_range(quick_run):
+    df = pd.read_csv(quick_run[0].csv)
+    assert np.isfinite(df.value).all()
+    scores = df[df.task.isin(["knn", "annotation"]) | df.metric.str.endswith("nmi")]
+    assert scores.value.between(0, 1).all()
+    assert df[df.metric.str.endswith("ari")].value.between(-1, 1).all()
+    cost = df[df.task == "cost"]
+    assert (cost.value > 0).all()
+    assert cost[cost.metric == "peak_rss_mb"].value.between(50, 64_000).all()
+
+
+def test_pca_baseline_reproduces_the_published_figure(quick_run):
+    """PCA on pbmc_10x_3chemistries (issue 5 protocol): kNN F1 0.828, k-means ARI 0.536, Leiden ARI 0.438."""
+    df = pd.read_csv(quick_run[0].csv)
+    pca = df[df.method == "pca"].set_index("metric").value
+    assert pca["macro_f1"] == pytest.approx(0.828, abs=0.01)
+    assert pca["kmeans_ari"] == pytest.approx(0.536, abs=0.02)
+    assert pca["leiden_ari"] == pytest.approx(0.438, abs=0.03)
+    logreg = df[(df.method == "logreg") & (df.metric == "macro_f1")].value.iloc[0]
+    assert logreg > 0.8  # the supervised reference beats chance by far
+    mae = df[(df.method == "mae") & (df.task == "knn")].value.iloc[0]
+    assert mae > 0.5  # five epochs already give a usable embedding
+
+
+def test_resume_recomputes_only_missing_cells(quick_run, shared_data, tmp_path):
+    result, _ = quick_run
+    out = tmp_path / "resumed"
+    shutil.copytree(result.out, out)
+    before = pd.read_csv(out / "results.csv")
+    kept = before[before.method != "hvg_knn"]
+    kept.to_csv(out / "results.csv", index=False)
+    again = bench.run("quick", out, data_dir=shared_data)
+    assert again.computed == [(QUICK_DATASET, "hvg_knn", 0)]
+    assert sorted(again.reused) == sorted((QUICK_DATASET, m, 0) for m in ("mae", "pca", "logreg"))
+    after = pd.read_csv(out / "results.csv")
+    key = ["dataset", "method", "seed", "task", "metric"]
+    assert len(after) == len(before)
+    unchanged = kept.merge(after, on=key, suffixes=("_old", "_new"))
+    assert len(unchanged) == len(kept) and (unchanged.value_old == unchanged.value_new).all()
+    redone = after[after.method == "hvg_knn"].merge(before, on=key, suffixes=("_new", "_old"))
+    quality = redone[redone.task != "cost"]
+    assert np.allclose(quality.value_new, quality.value_old)  # same seed, same scores
+
+
+def test_report_renders_in_headless_chromium(quick_run, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("chromium not installed (apt-get install -y chromium)")
+    report = quick_run[0].report
+    text = report.read_text()
+    assert "<table" in text and "data:image/png;base64," in text and "src=\"http" not in text
+    flags = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000", "--virtual-time-budget=5000"]
+    png = tmp_path / "report.png"
+    shot = subprocess.run(flags + [f"--screenshot={png}", report.resolve().as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    assert shot.returncode == 0, shot.stderr[-2000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    dom = subprocess.run(flags + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # the page's own script counts images that decoded (naturalWidth > 0) and the score tables
+    match = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
+    assert match, "the report's load script did not run"
+    ok, total = map(int, match.groups())
+    assert total >= 4 and ok == total  # overview heatmap, quality-vs-time, metric heatmap, UMAPs
+    assert re.search(r'data-tables="1"', dom.stdout)
+    assert "wins with an overall score" in dom.stdout
+    for method in ("mae", "pca", "logreg", "hvg_knn"):
+        assert f">{method}</th>" in dom.stdout
+
+
+def test_cli_bench_resumes_a_finished_run(quick_run, capsys):
+    from scssl.cli import main
+
+    result, _ = quick_run
+    assert main(["bench", "--preset", "quick", "--out", str(result.out)]) == 0
+    printed = capsys.readouterr().out
+    assert "0 cells computed, 4 reused" in printed and "report.html" in printed

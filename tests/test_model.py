@@ -1,0 +1,150 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import scssl
+from scssl.data import DataError
+from scssl.methods.base import Batch
+from scssl.train import Trainer
+
+from conftest import make_counts
+
+FAST = dict(max_epochs=3, batch_size=64, progress=False)
+
+
+@pytest.mark.parametrize("method, options", [("mae", {"loss": "mse"}), ("mae", {"loss": "nb"}),
+                                             ("mae", {"loss": "zinb"}), ("simclr", {})])
+def test_fit_embed_save_load_round_trip(tmp_path, counts_adata, method, options):
+    model = scssl.SSLModel(counts_adata, method=method, hidden=(64,), latent_dim=8, **options)
+    model.fit(**FAST)
+    assert len(model.history) == 3 and all(np.isfinite(h["train_loss"]) for h in model.history)
+    emb = model.embed(counts_adata)
+    assert emb.shape == (counts_adata.n_obs, 8) and np.isfinite(emb).all()
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["method"] == method and config["genes"] == list(counts_adata.var_names)
+    loaded = scssl.SSLModel.load(tmp_path / "m")
+    assert np.array_equal(loaded.embed(counts_adata), emb)
+
+
+def test_same_seed_same_embedding_and_seed_matters(counts_adata):
+    def run(seed):
+        return scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(seed=seed, **FAST).embed()
+
+    assert np.array_equal(run(0), run(0))
+    assert not np.allclose(run(0), run(1))
+
+
+def test_training_learns_groups(counts_adata):
+    from scssl.metrics import knn_macro_f1
+
+    model = scssl.SSLModel(counts_adata, hidden=(64,), latent_dim=8)
+    untrained = knn_macro_f1(model.embed(), counts_adata.obs["group"])
+    model.fit(max_epochs=30, batch_size=64, progress=False)
+    trained = knn_macro_f1(model.embed(), counts_adata.obs["group"])
+    assert trained > 0.9 and trained >= untrained
+
+
+def test_mae_loss_only_on_masked_genes(counts_adata):
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4, mask_ratio=0.25)
+    module = model.module.eval()
+    counts = torch.as_tensor(counts_adata.X[:16].toarray())
+    batch = module.prepare(counts, generator=torch.Generator().manual_seed(0))
+    mask = module.mask(batch)
+    assert torch.all(mask.sum(1) == 25)  # exactly the asked ratio in every cell
+    target = batch.x.clone().requires_grad_(True)
+    hidden = module.decoder(module.encoder(batch.x.masked_fill(mask, 0.0)))
+    loss = module.reconstruction_loss(Batch(counts, target), hidden, mask)
+    (grad,) = torch.autograd.grad(loss, target)
+    assert torch.all(grad[~mask] == 0) and torch.all(grad[mask] != 0)
+
+
+def test_embed_aligns_genes_by_name(counts_adata):
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(**FAST)
+    shuffled = counts_adata[:, np.random.default_rng(0).permutation(counts_adata.n_vars)].copy()
+    assert np.allclose(model.embed(shuffled), model.embed(counts_adata), atol=1e-5)
+    partial = counts_adata[:, 10:].copy()
+    with pytest.warns(UserWarning, match="10 of 100 model genes are missing"):
+        assert model.embed(partial).shape == (counts_adata.n_obs, 4)
+
+
+def test_resume_continues_an_interrupted_run(tmp_path, counts_adata, monkeypatch):
+    settings = dict(max_epochs=6, batch_size=64, progress=False, patience=0)
+    full = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(**settings)
+
+    save = Trainer._save_checkpoint
+
+    def save_then_crash(self, epoch, *args):
+        save(self, epoch, *args)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(checkpoint_dir=tmp_path, **settings)
+    monkeypatch.setattr(Trainer, "_save_checkpoint", save)
+    resumed = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4)
+    resumed.fit(checkpoint_dir=tmp_path, resume=True, **settings)
+    assert [h["epoch"] for h in resumed.history] == list(range(6))
+    assert np.allclose([h["train_loss"] for h in resumed.history], [h["train_loss"] for h in full.history], rtol=1e-4)
+    assert np.allclose(resumed.embed(), full.embed(), atol=1e-5)
+
+
+def test_resume_without_checkpoint_or_with_other_settings_fails(tmp_path, counts_adata):
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        model.fit(checkpoint_dir=tmp_path, resume=True, **FAST)
+    model.fit(checkpoint_dir=tmp_path, **FAST)
+    other = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=8)
+    with pytest.raises(ValueError, match="different method or hyper-parameters"):
+        other.fit(checkpoint_dir=tmp_path, resume=True, **FAST)
+
+
+def test_tampered_or_truncated_weights_raise(tmp_path, counts_adata):
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(**FAST)
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="altered or truncated"):
+        scssl.SSLModel.load(tmp_path / "m")
+    weights.write_bytes(bytes(data[: len(data) // 2]))
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["weights_sha256"] = None  # even without a checksum, a truncated file is caught
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        scssl.SSLModel.load(tmp_path / "m")
+
+
+def test_save_never_overwrites_silently(tmp_path, counts_adata):
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(**FAST)
+    model.save(tmp_path / "m")
+    before = (tmp_path / "m" / "weights.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        model.save(tmp_path / "m")
+    assert (tmp_path / "m" / "weights.safetensors").read_bytes() == before
+
+
+def test_bad_inputs_get_clear_errors(counts_adata):
+    with pytest.raises(ValueError, match="unknown method 'nope'; available: .*mae"):
+        scssl.SSLModel(counts_adata, method="nope")
+    with pytest.raises(ValueError, match="unknown hyper-parameter.*'mask_rate'"):
+        scssl.SSLModel(counts_adata, mask_rate=0.5)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        scssl.SSLModel(counts_adata, loss="poisson")
+    lognorm = counts_adata.copy()
+    lognorm.X = np.log1p(lognorm.X.toarray() * 1.5)
+    with pytest.raises(DataError, match="nb.*|count likelihood"):
+        scssl.SSLModel(lognorm, loss="nb")
+    model = scssl.SSLModel(lognorm, loss="mse")  # log-normalised input works with MSE
+    assert model.spec.kind == "lognorm"
+
+
+def test_lognorm_input_trains_with_mse(counts_adata):
+    lognorm = counts_adata.copy()
+    lognorm.X = np.log1p(lognorm.X.toarray())
+    emb = scssl.SSLModel(lognorm, hidden=(32,), latent_dim=4).fit(**FAST).embed()
+    assert np.isfinite(emb).all()
