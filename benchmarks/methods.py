@@ -7,6 +7,8 @@ Prints a method × dataset table of mean ± sd over seeds, with fit seconds.
 Run with one thread per process so it shares a small machine::
 
     OMP_NUM_THREADS=1 python benchmarks/methods.py --epochs 60 --seeds 0 1 2
+
+Rows are appended to ``--out`` as they finish; ``--table a.jsonl b.jsonl`` reprints the table.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def run_one(adata: ad.AnnData, method: str, seed: int, epochs: int, labels) -> d
     if method == "pca":
         embedding = pca_embedding(adata, seed=seed)
     else:
-        model = scssl.SSLModel(adata, method=method)
+        model = scssl.SSLModel(adata, method=method, seed=seed)
         model.fit(max_epochs=epochs, seed=seed, progress=False)
         embedding = model.embed()
     seconds = time.perf_counter() - start
@@ -63,7 +65,7 @@ def table(results: list[dict], datasets: list[str], methods: list[str]) -> str:
             for key in ("knn_f1", "leiden_ari"):
                 v = np.array([r[key] for r in rows])
                 cells.append(f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}")
-            cells.append(f"{np.mean([r['seconds'] for r in rows]):.0f}")
+            cells.append(f"{np.mean([r['seconds'] for r in rows]):.0f} (n={len(rows)}, {'-' if method == 'pca' else rows[0]['epochs']} ep)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -75,7 +77,20 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["pca", *sorted(METHODS)])
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/methods_results.jsonl"))
+    parser.add_argument("--table", type=Path, nargs="+", metavar="JSONL",
+                        help="only print the table of earlier results (first row per dataset/method/seed wins)")
     args = parser.parse_args()
+    if args.table:
+        seen, results = set(), []
+        for path in args.table:
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                key = (row["dataset"], row["method"], row["seed"])
+                if key not in seen and row["dataset"] in args.datasets and row["method"] in args.methods:
+                    seen.add(key)
+                    results.append(row)
+        print(table(results, args.datasets, args.methods))
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     results = []
     for name in args.datasets:

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import make_counts
 
 from scssl import bench
 from scssl.bench.config import BASELINES, load_config
 from scssl.bench.runner import COLUMNS, append_rows, read_rows, scorable
 from scssl.methods import METHODS
-
-from conftest import make_counts
 
 QUICK_DATASET = "pbmc_10x_3chemistries_symphony"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,19 +88,24 @@ def test_synthetic_run_skips_with_reasons(tmp_path):
     knn = df[(df.task == "knn") & (df.method == "pca")].value
     assert (knn > 0.9).all()  # three well-separated groups
     assert "harmony" in result.report.read_text()
+    merged = bench.merge_runs([result.out], tmp_path / "merged")
+    assert merged.exists()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "merged" / "results.csv"), df)
 
 
 # ---- the quick preset on real data ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quick_run(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench_quick")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = bench.run("quick", out, data_dir=shared_data)
-    return result, time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    print(f"\nquick preset: {wall:.0f} s wall, {cpu:.0f} s CPU")
+    return result, cpu
 
 
 def test_quick_preset_fills_every_cell(quick_run):
-    result, seconds = quick_run
+    result, cpu_seconds = quick_run
     assert not result.failed, result.failed
     config = load_config("quick")
     df = pd.read_csv(result.csv)
@@ -116,7 +120,9 @@ def test_quick_preset_fills_every_cell(quick_run):
         assert {"macro_f1", "kmeans_ari", "kmeans_nmi", "leiden_ari", "leiden_nmi", "wall_s", "peak_rss_mb"} <= got
     assert ((df.method == "logreg") & (df.task == "annotation") & (df.metric == "macro_f1")).any()
     assert ((df.method == "mae") & (df.metric == "train_cells_per_s")).any()
-    assert seconds < 600, f"quick preset took {seconds:.0f} s"
+    # The budget is 3 minutes on 2 cores. CPU time, not wall time: other jobs on a shared box
+    # stretch the wall clock without the preset doing more work.
+    assert cpu_seconds < 180, f"quick preset used {cpu_seconds:.0f} s of CPU"
 
 
 def test_quick_metrics_are_in_range(quick_run):
@@ -174,10 +180,10 @@ def test_report_renders_in_headless_chromium(quick_run, tmp_path):
              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,2000", "--virtual-time-budget=5000"]
     png = tmp_path / "report.png"
     shot = subprocess.run(flags + [f"--screenshot={png}", report.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert shot.returncode == 0, shot.stderr[-2000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
-    dom = subprocess.run(flags + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(flags + ["--dump-dom", report.resolve().as_uri()], capture_output=True, text=True, timeout=120, check=False)
     assert dom.returncode == 0, dom.stderr[-2000:]
     # the page's own script counts images that decoded (naturalWidth > 0) and the score tables
     match = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)

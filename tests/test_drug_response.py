@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import anndata as ad
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from scssl.cli import main
 from scssl.losses import mmd
+import numpy as np
+
 from scssl.tl.drug_response import (
-    TransferConfig, binarize, drug_response, line_key, prepare, response_table,
+    TransferConfig, binarize, drug_response, line_key, prepare, relative_response_table,
+    response_table, select_genes,
 )
 
 TEST_LINES = ["HCC-827", "NCI-H1975", "nci_h2228"]  # spelled loosely on purpose: keys must match
@@ -29,7 +31,7 @@ def test_mmd_zero_for_identical_samples_and_grows_with_shift():
     assert mmd(x, y + 2.0).item() > mmd(x, y).item()  # relative bandwidths too
 
 
-def test_mmd_gradient_pulls_samples_together():
+def test_mmd_gradient_pulls_samples_together(one_thread):
     x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
     y = (x + 3.0).clone().requires_grad_(True)
     opt = torch.optim.SGD([y], lr=5.0)
@@ -68,7 +70,43 @@ def test_binarization_rule_hand_checked():
         binarize(values, rule="threshold")
 
 
+def test_relative_response_hand_checked():
+    # Two drugs, three lines. Drug X: A 1, B 2, C 3 → z -1, 0, 1. Drug Y: A 3, B 4, C 5 → z -1, 0, 1
+    # except C resists Y less than X: Y for C = 4 → Y = (3, 4, 4), z = (-1.155, 0.577, 0.577).
+    response = pd.DataFrame({
+        "dataset": ["GDSC2"] * 6, "drug_name": ["X"] * 3 + ["Y"] * 3,
+        "cell_line_key": ["A", "B", "C"] * 2, "ln_ic50": [1.0, 2.0, 3.0, 3.0, 4.0, 4.0],
+    })
+    rel = relative_response_table(response, "x", min_drugs=2)
+    zx = np.array([-1.0, 0.0, 1.0])
+    zy = (np.array([3.0, 4.0, 4.0]) - 11 / 3) / np.std([3.0, 4.0, 4.0], ddof=1)
+    assert rel.loc[["A", "B", "C"]].to_numpy() == pytest.approx(zx - (zx + zy) / 2)
+    assert relative_response_table(response, "x", min_drugs=3).empty  # too few drugs per line
+    with pytest.raises(ValueError, match="no ln_ic50"):
+        relative_response_table(response, "Z", min_drugs=2)
+
+
+def test_select_genes_adds_response_correlated_low_variance_gene():
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=200)
+    x = rng.normal(size=(200, 50)) * np.linspace(3.0, 1.0, 50)  # variance falls with column index
+    x[:, 49] = 0.5 * y + 0.1 * rng.normal(size=200)  # least variable, but tracks the response
+    assert 49 not in select_genes(x, y, n_top_genes=10)
+    idx = select_genes(x, y, n_top_genes=10, n_response_genes=1)
+    assert list(idx) == sorted(idx) and 49 in idx and len(idx) == 11
+    assert len(select_genes(x, y, n_top_genes=None, n_response_genes=5)) == 50
+
+
 # ---- real data -----------------------------------------------------------------------------------
+@pytest.fixture
+def one_thread():
+    # Small matrices on a shared 2-core machine: a second thread only adds contention.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def gdsc(shared_data):
     bulk = ad.read_h5ad(shared_data / "gdsc_bulk_expression_975lines.h5ad")
@@ -82,7 +120,7 @@ def test_gene_alignment_count(gdsc):
     data = prepare(bulk, response, cells, "Gefitinib", n_top_genes=None)
     assert data.n_shared_genes == len(set(bulk.var_names) & set(cells.var_names)) == 5277
     assert data.x_bulk.shape[1] == data.x_sc.shape[1] == 5277
-    small = prepare(bulk, response, cells, "Gefitinib", n_top_genes=300)
+    small = prepare(bulk, response, cells, "Gefitinib", n_top_genes=300, n_response_genes=0)
     assert small.n_shared_genes == 5277 and len(small.genes) == 300 and set(small.genes) <= set(data.genes)
 
 
@@ -96,22 +134,38 @@ def test_leakage_guard_excludes_the_evaluated_lines(gdsc):
     assert guarded.excluded_lines == sorted(keys)
     assert len(guarded.bulk_lines) == len(full.bulk_lines) - 3
     assert guarded.cutoff == full.cutoff  # the cut-off is the drug's, not the training set's
+    # Response-correlated genes come from training lines only: scrambling the excluded lines'
+    # responses leaves them unchanged.
+    sup = prepare(bulk, response, cells, "Crizotinib", n_top_genes=100, n_response_genes=50,
+                  exclude_lines=TEST_LINES)
+    assert 100 < len(sup.genes) <= 150 and sup.x_bulk.shape[1] == sup.x_sc.shape[1] == len(sup.genes)
+    fake = response.copy()
+    test_rows = fake["cell_line_key"].map(line_key).isin(["HCC827", "NCIH1975", "NCIH2228"])
+    fake.loc[test_rows, "ln_ic50"] = -50.0
+    assert prepare(bulk, fake, cells, "Crizotinib", n_top_genes=100, n_response_genes=50,
+                   exclude_lines=TEST_LINES).genes == sup.genes
+    rel = prepare(bulk, response, cells, "Crizotinib", n_top_genes=100, label="relative",
+                  exclude_lines=TEST_LINES)
+    assert not {"HCC827", "NCIH1975", "NCIH2228"} & set(rel.bulk_lines)
+    assert 0.15 < rel.y_bulk.mean() < 0.35  # the lower quartile, over all screened lines
     with pytest.warns(UserWarning, match="not among the bulk lines"):
         prepare(bulk, response, cells, "Gefitinib", n_top_genes=100, exclude_lines=["NOSUCHLINE"])
 
 
-def test_gefitinib_end_to_end_ranks_hcc827_above_h1975(gdsc):
+def test_gefitinib_end_to_end_ranks_hcc827_above_h1975(gdsc, one_thread):
     bulk, response, cells = gdsc
     cells = cells.copy()
-    config = TransferConfig(hidden=(128,), latent_dim=32, pretrain_epochs=5, bulk_epochs=20, adapt_epochs=10)
+    config = TransferConfig(hidden=(64,), latent_dim=32, pretrain_epochs=5, bulk_epochs=15, adapt_epochs=5)
     res = drug_response(bulk, response, cells, "Gefitinib", exclude_lines=TEST_LINES,
-                        n_top_genes=1000, config=config, seed=0)
-    assert res.n_shared_genes == 5277 and res.n_genes == 1000
+                        n_top_genes=500, config=config, seed=0)
+    # 500 most variable genes united with the 200 most response-correlated (the default).
+    assert res.n_shared_genes == 5277 and 500 < res.n_genes <= 700
     assert res.excluded_lines == ["HCC827", "NCIH1975", "NCIH2228"]
     prob = cells.obs["Gefitinib_sensitivity"]
     assert prob.between(0, 1).all()
     assert cells.obs["Gefitinib_sensitive"].dtype == bool
     per_line = prob.groupby(cells.obs["cell_type"].astype(str)).mean()
+    print(per_line.to_dict())
     # HCC-827 (EGFR exon-19 deletion, ln IC50 −2.7) must score above NCI-H1975 (T790M, 2.6).
     assert per_line["HCC827"] > per_line["H1975"] + 0.1, per_line.to_dict()
 
@@ -125,3 +179,15 @@ def test_cli_refuses_to_overwrite_before_training(shared_data, tmp_path):
               "--cells", str(shared_data / "cellline_mixology_3lines_celseq2_dropseq.h5ad"),
               "--drug", "Gefitinib", "--out", str(out)])
     assert out.read_text() == "keep me"
+
+
+def test_continuous_target_predicts_ln_ic50(gdsc, one_thread):
+    bulk, response, cells = gdsc
+    cells = cells.copy()
+    config = TransferConfig(hidden=(64,), latent_dim=32, pretrain_epochs=5, bulk_epochs=15, adapt_epochs=5)
+    res = drug_response(bulk, response, cells, "Gefitinib", target="continuous", exclude_lines=TEST_LINES,
+                        n_top_genes=500, config=config, seed=0)
+    assert res.obs_keys == ["Gefitinib_ln_ic50", "Gefitinib_sensitive"] and res.cutoff is None
+    per_line = cells.obs.groupby(cells.obs["cell_type"].astype(str), observed=True)["Gefitinib_ln_ic50"].mean()
+    print(per_line.to_dict())
+    assert per_line["HCC827"] < per_line["H1975"], per_line.to_dict()

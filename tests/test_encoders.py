@@ -8,6 +8,15 @@ import torch
 from scssl.encoders import ENCODERS, TransformerEncoder, build_encoder
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _encoder(**options) -> TransformerEncoder:
     torch.manual_seed(0)
     return build_encoder("transformer", 40, latent_dim=8, dropout=0.0, d_model=16, n_layers=1,

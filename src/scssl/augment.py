@@ -84,7 +84,7 @@ class GaussianNoise(Augmentation):
         return x + self.std * noise
 
 
-def _other_cells(shape: tuple[int, ...], n_cells: int, generator, device) -> torch.Tensor:
+def random_other_cells(shape: tuple[int, ...], n_cells: int, generator, device) -> torch.Tensor:
     """Random cell indices of ``shape`` that differ from the row's own cell (needs ≥ 2 cells)."""
     if n_cells < 2:
         raise ValueError("swapping genes between cells needs at least 2 cells in a batch")
@@ -129,7 +129,7 @@ class GeneSwap(Augmentation):
 
     def transform(self, x, generator):
         mask = random_mask(x.shape[0], x.shape[1], self.ratio, generator, x.device)
-        donors = _other_cells(tuple(x.shape), x.shape[0], generator, x.device)
+        donors = random_other_cells(tuple(x.shape), x.shape[0], generator, x.device)
         return torch.where(mask, x.gather(0, donors), x)
 
 
@@ -147,7 +147,7 @@ class Crossover(Augmentation):
 
     def transform(self, x, generator):
         mask = random_mask(x.shape[0], x.shape[1], self.ratio, generator, x.device)
-        partner = _other_cells((x.shape[0],), x.shape[0], generator, x.device)
+        partner = random_other_cells((x.shape[0],), x.shape[0], generator, x.device)
         return torch.where(mask, x[partner], x)
 
 

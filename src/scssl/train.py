@@ -150,6 +150,7 @@ class Trainer:
         tensors.update(opt_tensors)
         tensors["rng.torch"] = torch.get_rng_state()
         tensors["rng.generator"] = self.generator.get_state()
+        tensors["rng.shuffle"] = self.shuffle_generator.get_state()
         sha = save_tensors(self.checkpoint_dir / "last.safetensors", tensors)
         save_json(self.checkpoint_dir / "last.json", {
             "epoch": epoch, "sha256": sha, "method": self.method.name,
@@ -170,7 +171,8 @@ class Trainer:
         self.method.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
         torch.set_rng_state(tensors["rng.torch"])
-        self.generator.set_state(tensors["rng.generator"].to(self.generator.get_state().device))
+        self.generator.set_state(tensors["rng.generator"])
+        self.shuffle_generator.set_state(tensors["rng.shuffle"])
         best_state = {k[5:]: v.to(self.device) for k, v in tensors.items() if k.startswith("best.")}
         self.history = meta["history"]
         return meta["epoch"] + 1, best_state, {"best_loss": meta["best_loss"], "bad_epochs": meta["bad_epochs"]}
@@ -181,7 +183,9 @@ class Trainer:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.method.to(self.device)
+        # Masks and augmentations draw on the device; the cell order is drawn on the host.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         n_train = len(self.train_idx)
         steps_per_epoch = max(1, n_train // cfg.batch_size)
@@ -212,7 +216,7 @@ class Trainer:
         for epoch in bar:
             running = torch.zeros((), device=self.device)
             n_steps = 0
-            for counts, batch_index in self._batches(self.train_idx, True, self.generator):
+            for counts, batch_index in self._batches(self.train_idx, True, self.shuffle_generator):
                 step = epoch * steps_per_epoch + n_steps
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.lr * self._lr_factor(step, total_steps, warmup_steps)

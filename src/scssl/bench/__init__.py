@@ -12,7 +12,17 @@ Modules: :mod:`~scssl.bench.config` (YAML configs and presets), :mod:`~scssl.ben
 
 from scssl.bench.config import BASELINES, PRESETS, BenchConfig, DatasetSpec, load_config
 from scssl.bench.report import write_report
-from scssl.bench.runner import COLUMNS, BenchResult, run
+from scssl.bench.runner import COLUMNS, BenchResult, merge_runs, run
 
-__all__ = ["BASELINES", "PRESETS", "BenchConfig", "BenchResult", "COLUMNS", "DatasetSpec", "load_config", "run",
-           "write_report"]
+__all__ = [
+           "BASELINES",
+           "COLUMNS",
+           "PRESETS",
+           "BenchConfig",
+           "BenchResult",
+           "DatasetSpec",
+           "load_config",
+           "merge_runs",
+           "run",
+           "write_report",
+]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -184,8 +185,8 @@ def run_scvi(prep: Prepared, seed: int, config: BenchConfig) -> MethodOutput:
     at most ``config.scvi_max_epochs`` epochs with early stopping."""
     if importlib.util.find_spec("scvi") is None:
         raise Skip("scvi-tools is not installed (pip install 'scssl[bench]')")
-    import torch
     import scvi
+    import torch
 
     scvi.settings.seed = seed
     scvi.settings.verbosity = logging.WARNING
@@ -215,14 +216,14 @@ def run_ssl(method: str) -> Callable[[Prepared, int, BenchConfig], MethodOutput]
                          **config.method_params.get(method, {}))
         train_start = time.perf_counter()
         model.fit(max_epochs=config.epochs, batch_size=config.batch_size, seed=seed, device=config.device,
-                  progress=False)
+                  progress=False, **config.train_options)
         train_seconds = time.perf_counter() - train_start
         z = model.embed(device=config.device)
         n_train = len(model.data) if hasattr(model.data, "__len__") else prep.counts.n_obs
         return MethodOutput(embedding=np.asarray(z, np.float32),
                             seconds=prep.seconds["hvg"] + time.perf_counter() - start,
                             train_seconds=train_seconds, epochs=len(model.history), model=model,
-                            notes={"train_cells": int(round(n_train * 0.9))})
+                            notes={"train_cells": round(n_train * 0.9)})
 
     fit.__doc__ = f"scssl method {method!r}"
     return fit

@@ -17,11 +17,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from scssl.bench.runner import atomic_write  # noqa: E402
+from scssl.bench.runner import atomic_write
 
 # (task, metric) → column title; quality metrics: higher is better.
 QUALITY = {
@@ -211,39 +211,45 @@ def _tradeoff(summary: pd.DataFrame, datasets: list[str], methods: list[str]) ->
     return _png(fig)
 
 
-def _umaps(folder: Path, dataset: str, methods: list[str]) -> str | None:
+def _umaps(folder: Path, dataset: str, methods: list[str], per_row: int = 6) -> str | None:
+    """UMAPs of every stored embedding, coloured by cell type (and by batch on the row below)."""
     found = [(m, folder / f"{dataset}__{m}.npz") for m in methods if (folder / f"{dataset}__{m}.npz").exists()]
     if not found:
         return None
     data = {m: np.load(p, allow_pickle=False) for m, p in found}
     has_batch = any(d["batch"].size for d in data.values())
-    n_rows = 2 if has_batch else 1
-    fig, axes = plt.subplots(n_rows, len(found), figsize=(3.1 * len(found) + 1.8, 3.0 * n_rows), squeeze=False)
+    per_method = 2 if has_batch else 1
+    n_cols = min(per_row, len(found))
+    n_rows = per_method * int(np.ceil(len(found) / n_cols))
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(2.9 * n_cols + 1.8, 2.8 * n_rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
     types = sorted(np.unique(next(iter(data.values()))["cell_type"]))
     cmap = plt.get_cmap("tab20" if len(types) > 10 else "tab10")
     tcol = {t: cmap(i % 20) for i, t in enumerate(types)}
     batches = sorted(np.unique(np.concatenate([d["batch"] for d in data.values()]))) if has_batch else []
     bcol = {b: plt.get_cmap("Set1")(i % 9) for i, b in enumerate(batches)}
-    for j, (m, _) in enumerate(found):
+    for i, (m, _) in enumerate(found):
         d = data[m]
         xy = d["xy"]
         order = np.random.default_rng(0).permutation(len(xy))
-        ax = axes[0][j]
-        ax.scatter(xy[order, 0], xy[order, 1], s=2, c=[tcol[t] for t in d["cell_type"][order]], rasterized=True)
-        ax.set_title(m, fontsize=10)
+        row, col = per_method * (i // n_cols), i % n_cols
+        panels = [(axes[row][col], [tcol[t] for t in d["cell_type"][order]], f"{m}: cell type")]
         if has_batch and d["batch"].size:
-            axes[1][j].scatter(xy[order, 0], xy[order, 1], s=2, c=[bcol[b] for b in d["batch"][order]], rasterized=True)
-        for ax in axes[:, j]:
+            panels.append((axes[row + 1][col], [bcol[b] for b in d["batch"][order]], f"{m}: batch"))
+        for ax, colours, title in panels:
+            ax.axis("on")
+            ax.scatter(xy[order, 0], xy[order, 1], s=2, c=colours, rasterized=True)
+            ax.set_title(title, fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
-    axes[0][0].set_ylabel("cell type")
-    if has_batch:
-        axes[1][0].set_ylabel("batch")
     handles = [plt.Line2D([], [], marker="o", ls="", color=tcol[t], label=t) for t in types]
-    axes[0][-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    axes[0][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                       title="cell type", title_fontsize=8)
     if has_batch:
         handles = [plt.Line2D([], [], marker="o", ls="", color=bcol[b], label=b) for b in batches]
-        axes[1][-1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+        axes[1][-1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=7, frameon=False,
+                           title="batch", title_fontsize=8)
     fig.suptitle(f"{dataset}: UMAP of each embedding (first seed)")
     fig.tight_layout()
     return _png(fig)

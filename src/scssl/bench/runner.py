@@ -17,9 +17,9 @@ import platform
 import threading
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import yaml
@@ -105,7 +105,7 @@ class PeakMemory:
             self.peak_rss = max(self.peak_rss, self.rss_mb())
             self._stop.wait(0.02)
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         import torch
 
         self._cuda = torch.cuda.is_available()
@@ -180,7 +180,7 @@ def score_cell(prep: Prepared, method: str, seed: int, config: BenchConfig, outp
     if "annotation" in config.tasks:
         if output.predictions is not None:
             rows.append(("annotation", "macro_f1", macro_f1(prep.labels[keep], output.predictions[keep])))
-        elif output.model is not None:
+        elif output.model is not None and config.annotation_epochs > 0:
             try:
                 rows += [("annotation", k, v) for k, v in annotation_scores(prep, output, seed, config).items()]
             except Skip as why:
@@ -313,7 +313,7 @@ def run(config: str | Path | dict | BenchConfig, out: str | Path, *, report: boo
                 log.warning("skip %s: %s", key, why)
                 result.skipped[f"{spec.name}/{method}"] = notes[f"{spec.name}/{method}"] = str(why)
                 continue
-            except Exception as err:  # one broken method must not sink a long run; it is reported and retried next time
+            except Exception as err:  # noqa: BLE001 — one broken method must not sink a long run; it is reported and retried next time
                 log.error("%s failed: %s\n%s", key, err, traceback.format_exc())
                 result.failed[key] = notes[f"{key} failed"] = f"{type(err).__name__}: {err}"
                 continue
@@ -332,3 +332,46 @@ def run(config: str | Path | dict | BenchConfig, out: str | Path, *, report: boo
 
         result.report = write_report(out)
     return result
+
+
+def merge_runs(sources: list[str | Path], out: str | Path, report: bool = True) -> Path:
+    """Combine bench folders run separately (e.g. datasets split over processes or machines) into ``out``.
+
+    Rows of a (dataset, method, seed) cell come from the first source that has it; UMAP
+    coordinates and notes are copied; the config lists every source's datasets and methods.
+    """
+    import shutil
+
+    out = Path(out)
+    (out / "umap").mkdir(parents=True, exist_ok=True)
+    rows, seen, notes, config = [], set(), {}, None
+    for src in map(Path, sources):
+        cells = {}
+        for r in read_rows(src / "results.csv"):
+            cells.setdefault((r["dataset"], r["method"], r["seed"]), []).append(r)
+        for key, cell_rows in cells.items():
+            if key not in seen:
+                seen.add(key)
+                rows += cell_rows
+        for npz in (src / "umap").glob("*.npz"):
+            if not (out / "umap" / npz.name).exists():
+                shutil.copy(npz, out / "umap" / npz.name)
+        if (src / "notes.json").exists():
+            notes = {**json.loads((src / "notes.json").read_text()), **notes}
+        part = yaml.safe_load((src / "config.yaml").read_text())
+        if config is None:
+            config = part
+            shutil.copy(src / "environment.json", out / "environment.json")
+        else:
+            config["datasets"] += [d for d in part["datasets"] if d not in config["datasets"]]
+            config["methods"] += [m for m in part["methods"] if m not in config["methods"]]
+    if (out / "results.csv").exists():
+        (out / "results.csv").unlink()
+    append_rows(out / "results.csv", rows)
+    atomic_write(out / "notes.json", lambda tmp: Path(tmp).write_text(json.dumps(notes, indent=2)))
+    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config, sort_keys=False)))
+    if report:
+        from scssl.bench.report import write_report
+
+        return write_report(out)
+    return out / "results.csv"

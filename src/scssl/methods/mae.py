@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scssl.augment import _other_cells
+from scssl.augment import random_other_cells
 from scssl.encoders import mlp
 from scssl.losses import masked_mse, nb_nll, zinb_nll
 from scssl.masking import (
@@ -41,9 +41,15 @@ class MAEConfig(MethodConfig):
 
     Attributes
     ----------
+    dropout
+        Dropout after each encoder layer; 0.3 here, above the shared default of 0.1.
     mask_ratio
-        Fraction of genes masked per cell (the literature uses 15–50%; 0.5 gave the best
-        kNN macro-F1 on pbmc3k here: 0.930 with seeds 0 and 1, against 0.914 at 0.3).
+        Fraction of genes masked per cell (the literature uses 15–50%).
+
+    The defaults were measured on pbmc3k (5-fold kNN macro-F1, 100 epochs with early stopping):
+    mask 0.3 / dropout 0.1 gave 0.914 (seed 0); mask 0.5 / dropout 0.1 0.930, 0.930, 0.926
+    (seeds 0–2); mask 0.5 / dropout 0.2 0.942, 0.937, 0.938; mask 0.5 / dropout 0.3 0.951,
+    0.947, 0.940. PCA reaches 0.924 there.
     loss
         ``"mse"`` on model-input values, ``"nb"`` or ``"zinb"`` on raw counts.
     masking
@@ -70,6 +76,7 @@ class MAEConfig(MethodConfig):
         Weight of the auxiliary loss of predicting which genes were masked (0 = no head).
     """
 
+    dropout: float = 0.3
     mask_ratio: float = 0.5
     loss: str = "mse"
     masking: str = "random"
@@ -194,7 +201,7 @@ class MAE(SSLMethod):
         """
         if self.config.mask_value == "zero" or self.config.masking == "isolated":
             return batch.x.masked_fill(hidden, 0.0)
-        donors = _other_cells(tuple(batch.x.shape), batch.x.shape[0], batch.generator, batch.x.device)
+        donors = random_other_cells(tuple(batch.x.shape), batch.x.shape[0], batch.generator, batch.x.device)
         return torch.where(hidden, batch.x.gather(0, donors), batch.x)
 
     def reconstruction_loss(self, batch: Batch, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,10 @@ class MoCoConfig(TwoViewConfig):
 
     Attributes
     ----------
+    projection_norm
+        ``"layer"`` by default, not batch norm: with batch norm a query and its positive key share
+        their batch's statistics while the queued negatives do not, a shortcut that MoCo blocks
+        with shuffled batch norm across devices (He et al. 2020, section 3.3).
     temperature
         InfoNCE temperature (0.2 in MoCo v2).
     momentum
@@ -36,6 +40,7 @@ class MoCoConfig(TwoViewConfig):
         stale key rarely acts as its negative.
     """
 
+    projection_norm: str | None = "layer"
     temperature: float = 0.2
     momentum: float = 0.99
     queue_size: int = 1024

@@ -13,6 +13,7 @@ from scssl.tl.protein import predict_protein
 from scssl.tl.reconstruct import reconstruct
 
 __all__ = [
-    "AnnotationResult", "add_dropout", "annotate", "cluster", "drug_response", "integrate_scores", "predict_protein",
+    "AnnotationResult", "add_dropout", "annotate", "cluster", "drug_response", "integrate_scores",
+    "predict_protein",
     "reconstruct", "umap",
 ]

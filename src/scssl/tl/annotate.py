@@ -171,7 +171,7 @@ def annotate(
             proba = torch.softmax(head(torch.as_tensor(z_target)), dim=1).numpy()
         code, confidence = proba.argmax(1), proba.max(1)
 
-    pvalue = _reference_pvalue(z_train, z_target, k, None if z_calib is None else z_calib)
+    pvalue = _reference_pvalue(z_train, z_target, k, z_calib)
     predicted = np.asarray(classes, dtype=object)[code]
     rejected = confidence < unknown_threshold
     if outlier_pvalue is not None:
