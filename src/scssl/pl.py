@@ -11,20 +11,19 @@ matplotlib.use("Agg")  # headless by default: scssl writes files, it does not op
 import matplotlib.pyplot as plt  # noqa: E402
 import scanpy as sc  # noqa: E402
 
+from scssl.tl.cluster import umap as compute_umap  # noqa: E402
+
 
 def umap(adata: ad.AnnData, color: str | list[str], use_rep: str = "X_scssl", path: str | Path | None = None,
          n_neighbors: int = 15, seed: int = 0, title: str | None = None):
     """UMAP of ``adata.obsm[use_rep]`` coloured by ``color``; written to ``path`` when given.
 
-    Computes neighbours and UMAP with scanpy (stored under ``.uns["neighbors_<use_rep>"]`` and
-    ``.obsm["X_umap_<use_rep>"]``) unless they already exist.
+    Computes the UMAP with :func:`scssl.tl.umap` into ``.obsm["X_umap_<use_rep>"]`` unless it
+    already exists.
     """
     key = f"X_umap_{use_rep}"
     if key not in adata.obsm:
-        work = ad.AnnData(obs=adata.obs.copy(), obsm={use_rep: adata.obsm[use_rep]})
-        sc.pp.neighbors(work, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed)
-        sc.tl.umap(work, random_state=seed)
-        adata.obsm[key] = work.obsm["X_umap"]
+        compute_umap(adata, use_rep=use_rep, n_neighbors=n_neighbors, seed=seed, key_added=key)
     colors = [color] if isinstance(color, str) else list(color)
     view = ad.AnnData(obs=adata.obs[colors].copy(), obsm={"X_umap": adata.obsm[key]})
     fig = sc.pl.embedding(view, basis="umap", color=colors, show=False, return_fig=True, title=title)

@@ -122,7 +122,7 @@ def _verdict(summary: pd.DataFrame, dataset: str) -> str:
         gap = overall.iloc[0] - overall.iloc[1]
         text = (f"<b>{html.escape(win)}</b> wins with an overall score of {overall.iloc[0]:.3f}, "
                 f"{gap:+.3f} ahead of {html.escape(second)} ({overall.iloc[1]:.3f})")
-        if "pca" in overall and win != "pca":
+        if "pca" in overall and "pca" not in (win, second):
             text += f" and {overall.iloc[0] - overall['pca']:+.3f} ahead of PCA ({overall['pca']:.3f})"
         parts.append(text + ".")
         ssl = [m for m in overall.index if m not in BASELINE_NAMES]

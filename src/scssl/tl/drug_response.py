@@ -14,7 +14,7 @@ Genes: the shared genes most variable across the bulk training lines, united wit
 correlated with the drug's response across the same lines (:func:`select_genes`), so that
 drug-specific markers can enter the model; the number (200) was chosen by cross-validation on
 held-out bulk lines, not on single cells. A drug-specific label (:func:`relative_response_table`)
-is available but not the default: it lost 0.06–0.16 bulk-CV AUROC against the absolute label.
+is available but not the default: it lost 0.06–0.21 bulk-CV AUROC against the absolute label.
 
 One deliberate departure from scDEAL: the single-cell encoder starts as a copy of the trained
 bulk encoder rather than from an independently pre-trained autoencoder. Both domains are
