@@ -47,6 +47,20 @@ def make_counts(n_cells: int = 200, n_genes: int = 100, n_groups: int = 3, seed:
     return adata
 
 
+def seeded(seed: int = 0) -> torch.Generator:
+    """A CPU generator with a fixed seed, for masks and augmentations in tests."""
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def counts_adata() -> ad.AnnData:
     return make_counts()

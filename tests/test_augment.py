@@ -10,18 +10,10 @@ from scssl.augment import (
     build_view_augmentations, mnn_partners,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from conftest import seeded as _gen
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _labelled(n_cells: int = 16, n_genes: int = 50) -> torch.Tensor:

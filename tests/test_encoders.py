@@ -8,13 +8,7 @@ import torch
 from scssl.encoders import ENCODERS, TransformerEncoder, build_encoder
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _encoder(**options) -> TransformerEncoder:

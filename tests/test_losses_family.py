@@ -10,13 +10,7 @@ import torch
 from scssl.losses import barlow_twins_loss, byol_loss, info_nce_queue, vicreg_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_barlow_twins_hand_computed():

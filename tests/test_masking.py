@@ -13,18 +13,10 @@ from scssl.masking import (
 from scssl.methods.base import Batch
 from scssl.methods.mae import MAE, MAEConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from conftest import seeded as _gen
 
 
-def _gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blocks(n_genes: int = 30, size: int = 10) -> torch.Tensor:

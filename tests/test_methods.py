@@ -15,13 +15,7 @@ from scssl.methods.moco import MoCo, MoCoConfig
 from scssl.methods.vicreg import VICReg, VICRegConfig
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from a second thread, and spinning threads crawl on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = {"hidden": (64,), "latent_dim": 8}
