@@ -22,13 +22,16 @@ def check(adata: ad.AnnData, layer: str | None = None, use_raw: bool = False, re
 def highly_variable(adata: ad.AnnData, n_top_genes: int = 2000, layer: str | None = None) -> ad.AnnData:
     """A copy of ``adata`` restricted to ``n_top_genes`` highly variable genes, counts untouched.
 
-    Uses scanpy's ``seurat_v3`` flavour on raw counts, so no normalised matrix replaces ``X``.
+    Genes are ranked by scanpy's default (``seurat``) dispersion on a log-normalised scratch
+    copy, the same selection as the PCA baseline; the returned copy keeps the raw counts.
     Writes ``.var["highly_variable"]`` on the returned copy only.
     """
     if adata.n_vars <= n_top_genes:
         return adata.copy()
-    hvg = sc.pp.highly_variable_genes(adata, n_top_genes=n_top_genes, flavor="seurat_v3", layer=layer, inplace=False)
-    keep = hvg["highly_variable"].to_numpy()
-    subset = adata[:, keep].copy()
+    scratch = ad.AnnData(adata.layers[layer] if layer else adata.X).copy()
+    sc.pp.normalize_total(scratch, target_sum=1e4)
+    sc.pp.log1p(scratch)
+    hvg = sc.pp.highly_variable_genes(scratch, n_top_genes=n_top_genes, inplace=False)
+    subset = adata[:, hvg["highly_variable"].to_numpy()].copy()
     subset.var["highly_variable"] = True
     return subset
