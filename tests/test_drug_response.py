@@ -98,15 +98,6 @@ def test_select_genes_adds_response_correlated_low_variance_gene():
 
 
 # ---- real data -----------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    # Small matrices on a shared 2-core machine: a second thread only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def gdsc(shared_data):
     bulk = ad.read_h5ad(shared_data / "gdsc_bulk_expression_975lines.h5ad")
