@@ -35,6 +35,12 @@ def read_h5ad(path: str, backed: bool = False) -> ad.AnnData:
     return ad.read_h5ad(path, backed="r" if backed else None)
 
 
+def refuse_existing_out(args) -> None:
+    """Fail before any work when ``--out`` exists and ``--overwrite`` was not given."""
+    if Path(args.out).exists() and not args.overwrite:
+        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+
+
 def write_h5ad(adata: ad.AnnData, out: str, input_path: str | None, overwrite: bool) -> None:
     """Write atomically; refuse to replace an existing file (the input above all) unless asked."""
     from scssl.checkpoint import atomic_write
@@ -96,8 +102,7 @@ def _embed(sub) -> None:
 def run_embed(args) -> None:
     from scssl import SSLModel
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    refuse_existing_out(args)
     model = SSLModel.load(args.model)
     adata = read_h5ad(args.input)
     adata.obsm[args.key] = model.embed(adata)
@@ -150,8 +155,7 @@ def _annotate(sub) -> None:
 def run_annotate(args) -> None:
     from scssl import SSLModel, tl
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    refuse_existing_out(args)
     model = SSLModel.load(args.model)
     ref, query = read_h5ad(args.reference), read_h5ad(args.query)
     result = tl.annotate(model, ref, query, labels_key=args.labels_key, mode=args.mode, n_shots=args.n_shots,
@@ -183,8 +187,7 @@ def _cluster(sub) -> None:
 def run_cluster(args) -> None:
     from scssl import SSLModel, tl
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    refuse_existing_out(args)
     adata = read_h5ad(args.input)
     if args.model is not None:
         adata.obsm[args.use_rep] = SSLModel.load(args.model).embed(adata)
@@ -258,8 +261,7 @@ def run_drug_response(args) -> None:
 
     from scssl.tl.drug_response import drug_response
 
-    if Path(args.out).exists() and not args.overwrite:
-        raise SystemExit(f"error: --out {args.out} exists; pass --overwrite to replace it")
+    refuse_existing_out(args)
     if not Path(args.response).exists():
         raise SystemExit(f"error: {args.response} not found")
     bulk, cells = read_h5ad(args.bulk), read_h5ad(args.cells)
