@@ -67,7 +67,13 @@ def read(name: str, n_genes: int | None = 2000, n_cells: int | None = None, seed
 
 def pretrain(adata: ad.AnnData, method: str, args) -> scssl.SSLModel:
     torch.manual_seed(args.seed)
-    model = scssl.SSLModel(adata, method=method, hidden=tuple(args.hidden), latent_dim=args.latent_dim)
+    size = {} if args.hidden is None else {"hidden": tuple(args.hidden)}
+    if args.latent_dim is not None:
+        size["latent_dim"] = args.latent_dim
+    batched = "batch" in adata.obs and adata.obs["batch"].nunique() > 1
+    # Batch-aware methods use the batch key (the MAE's batch decoder + MMD; MNN positives only
+    # when a two-view method is asked for them), as a user integrating batches would.
+    model = scssl.SSLModel(adata, method=method, batch_key="batch" if batched else None, **size)
     return model.fit(max_epochs=args.epochs, batch_size=128, seed=args.seed, progress=False, patience=0)
 
 
@@ -247,8 +253,8 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["zero_shot", "annotation", "ref_query", "protein"],
                         help="zero_shot (with integration + imputation), annotation (with robustness), ref_query, protein")
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256])
-    parser.add_argument("--latent-dim", type=int, default=32)
+    parser.add_argument("--hidden", type=int, nargs="+", default=None, help="encoder widths (default: the method's)")
+    parser.add_argument("--latent-dim", type=int, default=None, help="embedding width (default: the method's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from scssl.losses import masked_mse, nb_log_prob, nb_nll, nt_xent, zinb_log_prob, zinb_nll
+from scssl.losses import batch_mmd, masked_mse, mmd, nb_log_prob, nb_nll, nt_xent, zinb_log_prob, zinb_nll
 
 
 def test_masked_mse_hand_computed():
@@ -87,3 +87,24 @@ def test_loss_falls_over_20_steps(name):
         value.backward()
         optimizer.step()
     assert loss().item() < first * 0.9
+
+
+def test_batch_mmd_is_the_mean_one_vs_rest_mmd_and_skips_unknown_cells():
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(40, 4, generator=generator)
+    batches = torch.arange(40) % 3
+    expected = sum(mmd(z[batches == b], z[batches != b]) for b in range(3)) / 3
+    assert batch_mmd(z, batches, 3).item() == pytest.approx(expected.item(), rel=1e-5)
+    # Unknown cells (-1) and a category absent from the minibatch do not count.
+    with_unknown = torch.cat([z, 10 + torch.randn(5, 4, generator=generator)])
+    codes = torch.cat([batches, torch.full((5,), -1)])
+    assert batch_mmd(with_unknown, codes, 4).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_batch_mmd_zero_for_identical_batches_and_grows_with_a_batch_shift():
+    z = torch.randn(30, 4, generator=torch.Generator().manual_seed(1))
+    same = torch.cat([z, z])
+    codes = torch.cat([torch.zeros(30), torch.ones(30)]).long()
+    assert batch_mmd(same, codes, 2).item() == pytest.approx(0.0, abs=1e-6)
+    shifted = torch.cat([z, z + 1.0])
+    assert batch_mmd(shifted, codes, 2).item() > 0.05

@@ -183,3 +183,31 @@ def test_method_loss_falls_over_20_steps(name):
 def test_two_view_methods_share_the_base():
     for name in ["simclr", "byol", "barlow_twins", "vicreg", "moco", "hybrid"]:
         assert issubclass(get_method(name), TwoViewMethod)
+
+
+def test_mae_batch_decoder_sees_the_batch_and_averages_unknown_batches(counts_adata):
+    model = scssl.SSLModel(counts_adata, method="mae", batch_key="batch", **SMALL)
+    module = model.module
+    n_batches = len(model.batch_categories)
+    assert module.decoder[0].in_features == SMALL["latent_dim"] + n_batches
+    z = torch.randn(5, SMALL["latent_dim"])
+    per_batch = [module.decode(z, torch.full((5,), b)) for b in range(n_batches)]
+    assert not torch.allclose(per_batch[0], per_batch[1])
+    # Unknown batch (-1, or none given) decodes with the average of the batches' one-hots.
+    expected = module.decoder(torch.cat([z, torch.full((5, n_batches), 1.0 / n_batches)], 1))
+    torch.testing.assert_close(module.decode(z, torch.full((5,), -1)), expected)
+    torch.testing.assert_close(module.decode(z, None), expected)
+    plain = scssl.SSLModel(counts_adata, method="mae", batch_key="batch", batch_decoder=False, **SMALL)
+    assert plain.module.decoder[0].in_features == SMALL["latent_dim"]
+
+
+def test_mae_batch_mmd_enters_the_loss(counts_adata):
+    model = scssl.SSLModel(counts_adata, method="mae", batch_key="batch", batch_mmd_weight=2.0, **SMALL)
+    module = model.module
+    counts = torch.as_tensor(counts_adata.X[:64].toarray(), dtype=torch.float32)
+    codes = torch.arange(64) % len(model.batch_categories)
+    out = module.loss(module.prepare(counts, codes, torch.Generator().manual_seed(0)))
+    assert set(out.parts) == {"reconstruction", "batch_mmd"}
+    torch.testing.assert_close(out.total, out.parts["reconstruction"] + 2.0 * out.parts["batch_mmd"])
+    with pytest.raises(ValueError, match="batch_mmd_weight"):
+        scssl.SSLModel(counts_adata, method="mae", batch_mmd_weight=-1.0)

@@ -166,16 +166,61 @@ def mmd(
         Read ``bandwidths`` as multiples of the mean pairwise squared distance of the pooled
         sample (detached), so one setting serves embeddings of any scale.
     """
-    z = torch.cat([x, y])
-    sq = torch.cdist(z, z).pow(2)
-    if relative:
-        n = z.shape[0]
-        scale = sq.detach().sum() / max(1, n * n - n)
-        scale = scale.clamp_min(1e-12)
-    else:
-        scale = sq.new_ones(())
-    kernel = sum(torch.exp(-sq / (scale * b)) for b in bandwidths)
+    kernel = gaussian_kernels(torch.cat([x, y]), bandwidths, relative)
     n_x = x.shape[0]
     return (
         kernel[:n_x, :n_x].mean() + kernel[n_x:, n_x:].mean() - 2 * kernel[:n_x, n_x:].mean()
     ).clamp_min(0.0)
+
+
+def gaussian_kernels(
+    z: torch.Tensor, bandwidths: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0), relative: bool = True,
+    counted: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum of Gaussian kernels between all rows of ``z`` (see :func:`mmd` for the parameters).
+
+    ``counted`` (0/1 per row) restricts the mean pairwise distance of relative bandwidths to
+    those rows.
+    """
+    sq = torch.cdist(z, z).pow(2)
+    if relative:
+        if counted is None:
+            n = z.shape[0]
+            scale = sq.detach().sum() / max(1, n * n - n)
+        else:
+            n = counted.sum()
+            scale = (counted @ sq.detach() @ counted) / (n * n - n).clamp_min(1.0)
+        scale = scale.clamp_min(1e-12)
+    else:
+        scale = sq.new_ones(())
+    return sum(torch.exp(-sq / (scale * b)) for b in bandwidths)
+
+
+def batch_mmd(z: torch.Tensor, batch_index: torch.Tensor, n_batches: int) -> torch.Tensor:
+    """Mean over batches of the squared MMD between one batch's embeddings and all others'.
+
+    Penalises embeddings that tell batches apart (a one-vs-rest form of the MMD penalty of
+    trVAE, Lotfollahi et al. 2020). All batches are scored from one kernel matrix by weighted
+    sums, without indexing per batch (no host synchronisation). Cells with batch ``-1`` and
+    batches absent from the minibatch contribute nothing.
+
+    Parameters
+    ----------
+    z
+        Embeddings (cells × d).
+    batch_index
+        Batch per cell (``-1`` = unknown).
+    n_batches
+        Number of batch categories.
+    """
+    known = (batch_index >= 0).to(z.dtype)
+    member = torch.nn.functional.one_hot(batch_index.clamp_min(0), n_batches).to(z.dtype) * known[:, None]
+    rest = known[:, None] - member
+    n_in, n_out = member.sum(0), rest.sum(0)
+    present = (n_in > 0) & (n_out > 0)
+    w_in, w_out = member / n_in.clamp_min(1.0), rest / n_out.clamp_min(1.0)
+    kernel = gaussian_kernels(z, counted=known)
+    per_batch = (
+        (w_in * (kernel @ w_in)).sum(0) + (w_out * (kernel @ w_out)).sum(0) - 2 * (w_in * (kernel @ w_out)).sum(0)
+    ).clamp_min(0.0)
+    return (per_batch * present).sum() / present.sum().clamp_min(1)

@@ -24,7 +24,7 @@ from torch import nn
 
 from scssl.augment import random_other_cells
 from scssl.encoders import mlp
-from scssl.losses import masked_mse, nb_nll, zinb_nll
+from scssl.losses import batch_mmd, masked_mse, nb_nll, zinb_nll
 from scssl.masking import (
     coexpression_modules, isolated_masks, membership_matrix, programme_mask, random_mask, read_gmt,
 )
@@ -74,6 +74,19 @@ class MAEConfig(MethodConfig):
         or ``"shuffle"`` (the gene's value in a random other cell, as scMAE).
     mask_prediction_weight
         Weight of the auxiliary loss of predicting which genes were masked (0 = no head).
+    batch_decoder
+        With a batch key: give the decoder the cell's batch (one-hot), as scVI does, so the
+        embedding need not encode batch effects to reconstruct the genes.
+    batch_mmd_weight
+        With a batch key: weight of an MMD penalty between each batch's embeddings and the
+        others' (:func:`scssl.losses.batch_mmd`), pulling batches together in the embedding.
+
+    Batch defaults, measured on pbmc_10x_3chemistries_symphony (three chemistries as batches;
+    seed 0, 60 epochs; kNN macro-F1 / k-means ARI / Leiden ARI / scIB total): no batch input
+    0.769 / 0.512 / 0.450 / 0.506; batch decoder 0.792 / 0.561 / 0.538 / 0.580; + MMD 0.1
+    0.778 / 0.543 / 0.536 / 0.731; MMD 0.3 0.754 / 0.583 / 0.531 / 0.718; MMD 1 0.707 / 0.520 /
+    0.520 / 0.702; MMD 10 0.591 / 0.357 / 0.454 / 0.659. PCA 0.828 / 0.536 / 0.439 / 0.539,
+    Harmony 0.862 / 0.712 / 0.638 / 0.722, scVI 0.805 / 0.531 / 0.536 / 0.691.
     """
 
     dropout: float = 0.3
@@ -88,6 +101,8 @@ class MAEConfig(MethodConfig):
     isolated_source: str | None = None
     mask_value: str = "zero"
     mask_prediction_weight: float = 0.0
+    batch_decoder: bool = True
+    batch_mmd_weight: float = 0.1
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -100,6 +115,8 @@ class MAEConfig(MethodConfig):
             raise ValueError(f"mask_value must be one of {MASK_VALUES}, got {self.mask_value!r}")
         if self.mask_prediction_weight < 0:
             raise ValueError(f"mask_prediction_weight must be ≥ 0, got {self.mask_prediction_weight}")
+        if self.batch_mmd_weight < 0:
+            raise ValueError(f"batch_mmd_weight must be ≥ 0, got {self.batch_mmd_weight}")
         if self.isolated_source is not None and self.masking != "isolated":
             raise ValueError("isolated_source is only used with masking='isolated'")
 
@@ -119,7 +136,8 @@ class MAE(SSLMethod):
         gene_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(n_genes, config, input_kind, n_batches, gene_names)
-        widths = [config.latent_dim, *reversed(config.hidden)]
+        self.n_covariates = n_batches if config.batch_decoder else 0
+        widths = [config.latent_dim + self.n_covariates, *reversed(config.hidden)]
         self.decoder = mlp(widths, dropout=0.0, norm=config.norm, last_activation=True)
         self.output = nn.Linear(widths[-1], n_genes)
         if config.loss in ("nb", "zinb"):
@@ -204,6 +222,20 @@ class MAE(SSLMethod):
         donors = random_other_cells(tuple(batch.x.shape), batch.x.shape[0], batch.generator, batch.x.device)
         return torch.where(hidden, batch.x.gather(0, donors), batch.x)
 
+    def decode(self, z: torch.Tensor, batch_index: torch.Tensor | None) -> torch.Tensor:
+        """Decoder hidden state from embedding ``z``, with the batch one-hot when conditioned.
+
+        Cells of unknown batch (``-1``, or no batch given) get the average of all batches.
+        """
+        if not self.n_covariates:
+            return self.decoder(z)
+        if batch_index is None:
+            batch_index = z.new_full((z.shape[0],), -1, dtype=torch.long)
+        known = batch_index >= 0
+        onehot = F.one_hot(batch_index.clamp_min(0), self.n_covariates).to(z.dtype)
+        covariates = torch.where(known[:, None], onehot, torch.full_like(onehot, 1.0 / self.n_covariates))
+        return self.decoder(torch.cat([z, covariates], 1))
+
     def reconstruction_loss(self, batch: Batch, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Loss of the decoder's output on the ``mask``ed genes."""
         out = self.output(hidden).float()
@@ -217,10 +249,15 @@ class MAE(SSLMethod):
 
     def loss(self, batch: Batch) -> LossOutput:
         hidden_genes, scored = self.masks(batch)
-        decoded = self.decoder(self.encoder(self.corrupt(batch, hidden_genes)))
+        z = self.encoder(self.corrupt(batch, hidden_genes))
+        decoded = self.decode(z, batch.batch_index)
         recon = self.reconstruction_loss(batch, decoded, scored)
         parts = {"reconstruction": recon.detach()}
         total = recon
+        if self.config.batch_mmd_weight > 0 and batch.batch_index is not None and self.n_batches > 1:
+            alignment = batch_mmd(z.float(), batch.batch_index, self.n_batches)
+            total = total + self.config.batch_mmd_weight * alignment
+            parts["batch_mmd"] = alignment.detach()
         if self.config.mask_prediction_weight > 0:
             logits = self.mask_head(decoded).float()
             mask_loss = F.binary_cross_entropy_with_logits(logits, hidden_genes.float())
@@ -229,7 +266,7 @@ class MAE(SSLMethod):
         return LossOutput(total=total, parts=parts)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder output for unmasked input: model-input values (mse) or expected fractions (nb/zinb)."""
-        out = self.output(self.decoder(self.encoder(x)))
+        out = self.output(self.decode(self.encoder(x), batch_index))
         return out if self.config.loss == "mse" else torch.softmax(out, dim=1)

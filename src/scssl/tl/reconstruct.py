@@ -90,7 +90,9 @@ def reconstruct(
 
     with torch.no_grad():
         if decoder == "model":
-            predicted = _decoder_to_lognorm(module, module.reconstruct(masked))
+            codes = model.cell_data(adata).batch_codes  # batch-conditioned decoders need the batch
+            batch_index = None if codes is None else torch.as_tensor(codes[test_idx])
+            predicted = _decoder_to_lognorm(module, module.reconstruct(masked, batch_index))
         else:
             ridge = Ridge(alpha=alpha).fit(module.embed(x_fit).numpy(), lognorm(model, raw_fit).numpy())
             predicted = torch.as_tensor(ridge.predict(module.embed(masked).numpy()), dtype=torch.float32)
