@@ -211,3 +211,12 @@ def test_mae_batch_mmd_enters_the_loss(counts_adata):
     torch.testing.assert_close(out.total, out.parts["reconstruction"] + 2.0 * out.parts["batch_mmd"])
     with pytest.raises(ValueError, match="batch_mmd_weight"):
         scssl.SSLModel(counts_adata, method="mae", batch_mmd_weight=-1.0)
+
+
+def test_two_view_methods_are_batch_aware_exactly_when_given_batches(counts_adata):
+    with_batches = scssl.SSLModel(counts_adata, method="vicreg", batch_key="batch", **SMALL).module
+    without = scssl.SSLModel(counts_adata, method="vicreg", **SMALL).module
+    opted_out = scssl.SSLModel(counts_adata, method="vicreg", batch_key="batch", batch_aware=False, **SMALL).module
+    assert with_batches.batch_aware and not without.batch_aware and not opted_out.batch_aware
+    batch = with_batches.prepare(torch.as_tensor(counts_adata.X[:32].toarray()), torch.arange(32) % 2)
+    assert with_batches.partners(batch) is not None and opted_out.partners(batch) is None

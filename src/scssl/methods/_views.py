@@ -22,7 +22,16 @@ from scssl.methods.base import Batch, MethodConfig, SSLMethod
 
 
 def default_augmentations() -> dict[str, dict]:
-    return {"gene_mask": {"ratio": 0.3}, "gaussian_noise": {"std": 0.3}}
+    """Strong views: mask 60% of genes, then Gaussian noise of sd 0.5 on the scaled values.
+
+    Measured on pbmc3k (seed 0, 40 epochs, kNN macro-F1 / k-means ARI / Leiden ARI; PCA
+    0.924 / 0.711 / 0.735): SimCLR with mask 0.3 + noise 0.3 (the earlier default) 0.844 /
+    0.450 / 0.504; mask 0.1 + noise 0.1 0.745 / 0.317 / 0.417; mask 0.6 + noise 0.5 0.923 /
+    0.577 / 0.557; mask 0.8 + noise 0.8 0.724 / 0.510 / 0.475; binomial thinning 0.5 + mask 0.2
+    0.903 / 0.549 / 0.653. VICReg: 0.836 / 0.484 / 0.543 → 0.923 / 0.573 / 0.604 with mask 0.6 +
+    noise 0.5. Hard views make the encoder recognise a cell from any 40% of its genes.
+    """
+    return {"gene_mask": {"ratio": 0.6}, "gaussian_noise": {"std": 0.5}}
 
 
 @dataclass
@@ -43,7 +52,8 @@ class TwoViewConfig(MethodConfig):
         SimCLR, BYOL, Barlow Twins and VICReg papers, ``"layer"`` or ``None``.
     batch_aware
         Take the second view from the cell's mutual nearest neighbour in another batch, where one
-        exists in the minibatch (CLAIRE, Yan et al. 2023). Needs ``batch_key=`` on the model.
+        exists in the minibatch (CLAIRE, Yan et al. 2023). ``None`` (default): on when the model
+        has a batch key with at least 2 batches; ``True`` insists on one.
     mnn_k
         Neighbours searched for mutual pairs.
     """
@@ -52,7 +62,7 @@ class TwoViewConfig(MethodConfig):
     projection_dim: int = 64
     projection_hidden: int = 256
     projection_norm: str | None = "batch"
-    batch_aware: bool = False
+    batch_aware: bool | None = None
     mnn_k: int = 5
 
 
@@ -71,6 +81,7 @@ class TwoViewMethod(SSLMethod):
             raise ValueError("raw-count augmentations (binomial_thinning) need raw counts; this data is log-normalised")
         if config.batch_aware and n_batches < 2:
             raise ValueError("batch_aware=True needs a batch key with at least 2 batches (SSLModel(..., batch_key=...))")
+        self.batch_aware = n_batches >= 2 if config.batch_aware is None else config.batch_aware
         self.projector = mlp(
             [config.latent_dim, config.projection_hidden, config.projection_dim], norm=config.projection_norm
         )
@@ -85,7 +96,7 @@ class TwoViewMethod(SSLMethod):
 
     def partners(self, batch: Batch) -> torch.Tensor | None:
         """Source cells of the second view: MNN partners across batches, or ``None`` (the cell itself)."""
-        if not self.config.batch_aware or batch.batch_index is None:
+        if not self.batch_aware or batch.batch_index is None:
             return None
         return mnn_partners(batch.x, batch.batch_index, self.config.mnn_k)
 
