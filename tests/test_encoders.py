@@ -57,3 +57,9 @@ def test_top_k_capped_at_vocabulary_and_bad_option_named():
     assert build_encoder("transformer", 10, top_k=256).top_k == 10
     with pytest.raises(ValueError, match="value_encoding"):
         build_encoder("transformer", 10, value_encoding="raw")
+
+
+def test_transformer_keeps_attention_weights_undropped_for_the_fused_kernel():
+    encoder = TransformerEncoder(50, dropout=0.3, top_k=8, d_model=16)
+    assert all(layer.self_attn.dropout == 0.0 for layer in encoder.transformer.layers)
+    assert all(layer.dropout1.p == 0.3 for layer in encoder.transformer.layers)  # residual dropout stays

@@ -138,6 +138,10 @@ class TransformerEncoder(nn.Module):
             d_model, n_heads, dim_feedforward=2 * d_model, dropout=dropout, activation="gelu",
             batch_first=True, norm_first=True,
         )
+        # Dropout on the attention weights forces PyTorch's unfused attention on CPU, which was
+        # 3.5x slower per step here (16.8 s vs 4.6 s, 256 cells, one shared thread); dropout
+        # stays on the residual and feed-forward paths.
+        layer.self_attn.dropout = 0.0
         self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, latent_dim)
