@@ -46,6 +46,49 @@ def test_binned_values_change_the_embedding():
     assert not torch.allclose(encoder(x), encoder(y), atol=1e-4)
 
 
+def test_genes_at_or_below_min_value_are_padding():
+    x = torch.full((3, 40), -1.0)
+    x[:, :3] = torch.tensor([3.0, 2.0, 1.0])  # 3 genes above their mean; the top 5 adds 2 below
+    changed = x.clone()
+    changed[:, 30:] = -0.5  # new genes at rank 4-5, still below the mean
+    masked = x.clone()
+    masked[:, 10:20] = 0.0  # a masked autoencoder's zeroed genes (value = the training mean)
+    encoder = _encoder().eval()
+    assert torch.allclose(encoder(x), encoder(changed), atol=1e-6)
+    assert torch.allclose(encoder(x), encoder(masked), atol=1e-6)
+    keep_all = _encoder(min_value=None).eval()
+    assert not torch.allclose(keep_all(x), keep_all(changed), atol=1e-4)
+
+
+def test_cell_without_genes_above_min_value_gets_a_finite_embedding():
+    encoder = _encoder().eval()
+    z = encoder(torch.cat([torch.full((1, 40), -1.0), torch.randn(1, 40) + 1.0]))
+    assert torch.isfinite(z).all()
+
+
+def test_pooling_mean_or_cell_token():
+    x = torch.randn(4, 40)
+    mean, cls = _encoder().eval(), _encoder(pooling="cls").eval()  # same seed: same weights
+    assert mean.pooling == "mean" and not torch.allclose(mean(x), cls(x), atol=1e-4)
+    tokens, pad = mean.tokens(x)
+    key_pad = torch.cat([torch.zeros(4, 1, dtype=torch.bool), pad], 1)
+    out = mean.transformer(torch.cat([mean.cell_token.expand(4, -1, -1), tokens], 1),
+                           src_key_padding_mask=key_pad)
+    keep = (~pad).unsqueeze(-1).float()  # mean over unpadded gene tokens; "cls": the cell token
+    expected = mean.head(mean.norm((out[:, 1:] * keep).sum(1) / keep.sum(1)))
+    assert torch.allclose(mean(x), expected, atol=1e-5)
+    assert torch.allclose(cls(x), cls.head(cls.norm(out[:, 0])), atol=1e-5)
+    with pytest.raises(ValueError, match="pooling"):
+        _encoder(pooling="max")
+
+
+def test_embeddings_start_small():
+    encoder = _encoder()
+    assert encoder.gene_embedding.weight.std() < 0.01
+    assert encoder.value_embedding.weight.std() < 0.01
+    assert _encoder(init_std=1.0).gene_embedding.weight.std() > 0.5
+
+
 def test_gradients_reach_gene_embeddings_and_cell_token():
     encoder = _encoder()
     encoder(torch.randn(6, 40)).pow(2).sum().backward()

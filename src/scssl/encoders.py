@@ -86,13 +86,14 @@ class MLPEncoder(nn.Module):
 
 @register_encoder("transformer")
 class TransformerEncoder(nn.Module):
-    """Transformer over gene tokens; the output of a learned cell token is the embedding.
+    """Transformer over gene tokens; the mean of the gene tokens' outputs is the embedding.
 
     Each cell is read as its ``top_k`` highest input values (``torch.topk`` on the model input,
-    i.e. the genes most above their training mean after scaling). A token is the gene's learned
-    embedding plus an embedding of its value, either binned (``n_bins`` equal-width bins on
-    ``[bin_min, bin_max]``, as scGPT's value binning) or its rank within the cell (Geneformer's
-    rank-value encoding). A cell token ([CLS], as in BERT) attends to all gene tokens.
+    i.e. the genes most above their training mean after scaling); of those, genes at or below
+    ``min_value`` are padding. A token is the gene's learned embedding plus an embedding of its
+    value, either binned (``n_bins`` equal-width bins on ``[bin_min, bin_max]``, as scGPT's value
+    binning) or its rank within the cell (Geneformer's rank-value encoding). A cell token ([CLS],
+    as in BERT) attends to the gene tokens; its output is the embedding with ``pooling="cls"``.
 
     Parameters
     ----------
@@ -110,28 +111,53 @@ class TransformerEncoder(nn.Module):
         ``"binned"`` or ``"rank"``.
     n_bins, bin_min, bin_max
         Value bins for ``"binned"`` (inputs are standardised log-expression, clipped at ±10).
+    pooling
+        ``"mean"`` over the (unpadded) gene tokens' outputs, or ``"cls"``: the cell token's.
+    min_value
+        Top-k genes with input ≤ ``min_value`` are padding, neither attended to nor pooled;
+        ``None`` keeps all ``top_k``. The default 0 (the gene's training mean) keeps only genes
+        above average and drops genes a masked autoencoder zeroed.
+    init_std
+        Standard deviation of the initial gene and value embeddings.
     hidden, input_dropout, norm
         Accepted for interchangeability with the MLP encoder and ignored.
+
+    Notes
+    -----
+    The defaults were measured on pbmc3k with ``method="mae"`` (5-fold kNN macro-F1 after 15
+    epochs, seed 0; the MLP encoder reaches 0.805 there, PCA 0.92): the earlier defaults (cell
+    token, 2 layers, top 256, embeddings initialised N(0, 1)) at top 128 and 1 layer 0.269;
+    mean pooling 0.436; + ``min_value=0`` 0.457; + ``init_std=0.02`` 0.715; 0.002 0.878;
+    0.0002 0.883. A second layer was slower and worse (0.743 vs 0.790, at ``init_std=0.02``).
+    With these defaults the benchmark gives kNN F1 0.919 (Leiden ARI 0.62) for ``mae`` after
+    30 epochs and 0.880 (0.55) for ``simclr`` after 20.
     """
 
     def __init__(
         self, n_genes: int, latent_dim: int = 64, dropout: float = 0.1, d_model: int = 64,
-        n_layers: int = 2, n_heads: int = 4, top_k: int = 256, value_encoding: str = "binned",
-        n_bins: int = 16, bin_min: float = -1.0, bin_max: float = 5.0,
+        n_layers: int = 1, n_heads: int = 4, top_k: int = 128, value_encoding: str = "binned",
+        n_bins: int = 16, bin_min: float = -1.0, bin_max: float = 5.0, pooling: str = "mean",
+        min_value: float | None = 0.0, init_std: float = 0.002,
         hidden: Sequence[int] = (), input_dropout: float = 0.0, norm: str | None = None,
     ) -> None:
         super().__init__()
         if value_encoding not in ("binned", "rank"):
             raise ValueError(f"value_encoding must be 'binned' or 'rank', got {value_encoding!r}")
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.latent_dim = latent_dim
         self.top_k = min(top_k, n_genes)
-        self.value_encoding = value_encoding
+        self.value_encoding, self.pooling, self.min_value = value_encoding, pooling, min_value
         self.gene_embedding = nn.Embedding(n_genes, d_model)
         if value_encoding == "binned":
             self.register_buffer("bin_edges", torch.linspace(bin_min, bin_max, n_bins - 1), persistent=False)
             self.value_embedding = nn.Embedding(n_bins, d_model)
         else:
             self.value_embedding = nn.Embedding(self.top_k, d_model)
+        # Small embeddings learn fast: AdamW moves a weight by about lr (1e-3) per step, half its
+        # size at std 0.002 but a thousandth at nn.Embedding's N(0, 1) (kNN F1 in Notes).
+        nn.init.normal_(self.gene_embedding.weight, std=init_std)
+        nn.init.normal_(self.value_embedding.weight, std=init_std)
         self.cell_token = nn.Parameter(torch.zeros(1, 1, d_model))
         nn.init.normal_(self.cell_token, std=0.02)
         layer = nn.TransformerEncoderLayer(
@@ -146,20 +172,29 @@ class TransformerEncoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, latent_dim)
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Gene tokens (cells × top_k × d_model) of each cell's top-k input values."""
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gene tokens (cells × top_k × d_model) of each cell's top-k input values, and their
+        padding mask (cells × top_k, ``True`` = ignored)."""
         values, genes = x.topk(self.top_k, dim=1)  # sorted: position = rank within the cell
         if self.value_encoding == "binned":
             value_ids = torch.bucketize(values.detach().float(), self.bin_edges)
         else:
             value_ids = torch.arange(self.top_k, device=x.device).expand(x.shape[0], -1)
-        return self.gene_embedding(genes) + self.value_embedding(value_ids)
+        pad = values <= self.min_value if self.min_value is not None else torch.zeros_like(
+            values, dtype=torch.bool)
+        return self.gene_embedding(genes) + self.value_embedding(value_ids), pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.tokens(x)
+        tokens, pad = self.tokens(x)
         cell = self.cell_token.expand(x.shape[0], -1, -1)
-        out = self.transformer(torch.cat([cell, tokens], dim=1))
-        return self.head(self.norm(out[:, 0]))
+        key_pad = torch.cat([pad.new_zeros(x.shape[0], 1), pad], 1)  # the cell token: never padding
+        out = self.transformer(torch.cat([cell, tokens], dim=1), src_key_padding_mask=key_pad)
+        if self.pooling == "cls":
+            pooled = out[:, 0]
+        else:
+            keep = (~pad).unsqueeze(-1).to(out.dtype)
+            pooled = (out[:, 1:] * keep).sum(1) / keep.sum(1).clamp_min(1.0)  # no genes: zeros
+        return self.head(self.norm(pooled))
 
 
 def build_encoder(name: str, n_genes: int, **options) -> nn.Module:
