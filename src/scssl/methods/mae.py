@@ -41,6 +41,12 @@ class MAEConfig(MethodConfig):
 
     Attributes
     ----------
+    hidden
+        Encoder widths; ``(1024, 256)`` here, wider than the shared ``(512, 256)``. On the five
+        ``standard`` datasets (60 epochs, seeds 0–2, one GPU) the wider encoder raised the mean of
+        kNN macro-F1, k-means and Leiden ARI from 0.691 to 0.703, with k-means ARI up on four
+        datasets (kidney 0.592 → 0.616, pbmc3k 0.617 → 0.660) and Leiden ARI down only on worm
+        (0.344 → 0.277); about 1.4x the CPU time per epoch (pbmc3k: 0.9–1.3 → 1.4–1.6 s, one thread).
     dropout
         Dropout after each encoder layer; 0.3 here, above the shared default of 0.1.
     mask_ratio
@@ -89,6 +95,7 @@ class MAEConfig(MethodConfig):
     Harmony 0.862 / 0.712 / 0.638 / 0.722, scVI 0.805 / 0.531 / 0.536 / 0.691.
     """
 
+    hidden: tuple[int, ...] = (1024, 256)
     dropout: float = 0.3
     mask_ratio: float = 0.5
     loss: str = "mse"
