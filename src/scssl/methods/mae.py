@@ -46,7 +46,8 @@ class MAEConfig(MethodConfig):
         ``standard`` datasets (60 epochs, seeds 0–2, one GPU) the wider encoder raised the mean of
         kNN macro-F1, k-means and Leiden ARI from 0.691 to 0.703, with k-means ARI up on four
         datasets (kidney 0.592 → 0.616, pbmc3k 0.617 → 0.660) and Leiden ARI down only on worm
-        (0.344 → 0.277); about 1.4x the CPU time per epoch (pbmc3k: 0.9–1.3 → 1.4–1.6 s, one thread).
+        (0.344 → 0.277); about 1.4x the CPU time per epoch (pbmc3k: 0.9–1.3 → 1.4–1.6 s, one
+        thread).
         The published CPU run (``benchmarks/results``, 3 seeds) moved less: mean 0.698 → 0.699;
         kidney k-means ARI 0.568 → 0.633 and pbmc3k 0.613 → 0.643, but pbmc_3chem kNN F1
         0.827 → 0.804 and pbmc3k / worm Leiden ARI −0.03 each.
