@@ -116,8 +116,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from scssl.tl.drug_response import (
-    LABEL, N_RESPONSE_GENES, DrugTransfer, TransferConfig, _standardize, binarize, line_key,
-    prepare, pseudobulk_inputs, relative_response_table, response_table, sc_lognorm,
+    LABEL, N_RESPONSE_GENES, DrugTransfer, PreparedData, TransferConfig, _standardize, binarize,
+    line_key, prepare, pseudobulk_inputs, relative_response_table, response_table, sc_lognorm,
     select_genes, shared_genes,
 )
 
@@ -130,6 +130,19 @@ LINES = {"HCC827": "HCC827", "H1975": "NCIH1975", "H2228": "NCIH2228"}
 def scores(truth: np.ndarray, prob: np.ndarray, call: float = 0.5) -> dict[str, float]:
     return {"auroc": roc_auc_score(truth, prob), "ap": average_precision_score(truth, prob),
             "f1": f1_score(truth, prob >= call, zero_division=0.0)}
+
+
+def all_genes(bulk: ad.AnnData, gdsc: pd.DataFrame, cells: ad.AnnData, drug: str,
+              exclude_lines) -> PreparedData:
+    """The yardstick's inputs: every shared gene, absolute label, the given lines left out."""
+    return prepare(bulk, gdsc, cells, drug, exclude_lines=exclude_lines, n_top_genes=None,
+                   n_response_genes=0, label="absolute")
+
+
+def naive_scores(data: PreparedData, truth: np.ndarray) -> dict[str, float]:
+    """The issue's naive transfer: logistic regression on bulk, applied to the cells."""
+    naive = LogisticRegression(max_iter=2000).fit(data.x_bulk, data.y_bulk)
+    return scores(truth, naive.predict_proba(data.x_sc)[:, 1])
 
 
 def bulk_cv(drugs: list[str], settings: list[tuple[int, str]], config: TransferConfig,
@@ -145,8 +158,7 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str]], config: TransferC
     gdsc = pd.read_csv(DATA / "gdsc_drug_response.csv.gz")
     rows = []
     for drug in drugs:
-        full = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(), n_top_genes=None,
-                       n_response_genes=0, label="absolute")
+        full = all_genes(bulk, gdsc, cells, drug, LINES.values())
         rel = relative_response_table(gdsc, drug)
         lines = np.array(full.bulk_lines)
         ok = np.isin(lines, rel.index)  # same lines for both labels
@@ -228,17 +240,12 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
               f"({int(data.y_bulk.sum())} sensitive)", flush=True)
 
         # The yardstick uses every shared gene.
-        full = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(), n_top_genes=None,
-                       n_response_genes=0, label="absolute")
-        naive = LogisticRegression(max_iter=2000).fit(full.x_bulk, full.y_bulk)
-        rows.append({"drug": drug, "variant": "naive", "seed": -1,
-                     **scores(truth, naive.predict_proba(full.x_sc)[:, 1])})
+        full = all_genes(bulk, gdsc, cells, drug, LINES.values())
+        rows.append({"drug": drug, "variant": "naive", "seed": -1, **naive_scores(full, truth)})
         if n_similar_lines is not None:  # the same yardstick on the similar lines only
-            sim = prepare(bulk, gdsc, cells, drug, exclude_lines=exclude, n_top_genes=None,
-                          n_response_genes=0, label="absolute")
-            naive_sim = LogisticRegression(max_iter=2000).fit(sim.x_bulk, sim.y_bulk)
+            sim = all_genes(bulk, gdsc, cells, drug, exclude)
             rows.append({"drug": drug, "variant": "naive_sim", "seed": -1,
-                         **scores(truth, naive_sim.predict_proba(sim.x_sc)[:, 1])})
+                         **naive_scores(sim, truth)})
 
         cfg = config
         if match_steps and n_similar_lines is not None:
