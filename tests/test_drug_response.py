@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import anndata as ad
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from scssl.cli import main
 from scssl.losses import mmd
-import numpy as np
-
 from scssl.tl.drug_response import (
-    TransferConfig, binarize, drug_response, line_key, prepare, relative_response_table,
-    response_table, select_genes,
+    DrugTransfer, TransferConfig, binarize, drug_response, line_key, prepare,
+    relative_response_table, response_table, select_genes, smooth_cells,
 )
 
 TEST_LINES = ["HCC-827", "NCI-H1975", "nci_h2228"]  # spelled loosely on purpose: keys must match
@@ -95,6 +94,30 @@ def test_select_genes_adds_response_correlated_low_variance_gene():
     idx = select_genes(x, y, n_top_genes=10, n_response_genes=1)
     assert list(idx) == sorted(idx) and 49 in idx and len(idx) == 11
     assert len(select_genes(x, y, n_top_genes=None, n_response_genes=5)) == 50
+
+
+def test_far_out_cells_keep_their_order():
+    """Probabilities of clearly resistant cells must not underflow into ties (AUROC needs order),
+    and the default response head is linear, so it has no floor of its own either."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    model = DrugTransfer(x, (x[:, 0] > 0).astype(np.float32), x[:8])
+    assert [type(m) for m in model.module.head] == [torch.nn.Linear]
+    prob = model._out(torch.tensor([-300.0, -200.0, -120.0, 0.0]))
+    assert np.all(np.diff(prob) > 0) and prob[-1] == 0.5
+
+
+def test_smoothing_averages_within_a_population():
+    """Two populations 6 sd apart: smoothing over 10 cells shrinks the noise (by less than
+    sqrt(10), since a cell's nearest cells share its noise) and never mixes the populations."""
+    rng = np.random.default_rng(0)
+    centres = np.repeat([[0.0] * 20, [6.0] * 20], 50, axis=0)
+    x = (centres + rng.normal(size=centres.shape)).astype(np.float32)
+    smooth = smooth_cells(x, n_neighbors=10)
+    assert smooth.shape == x.shape
+    cell_means = smooth.mean(axis=1)
+    assert cell_means[:50].max() < 0.5 and cell_means[50:].min() > 5.5  # one stray would move 0.6
+    assert 2.0 < (x - centres).std() / (smooth - centres).std() < np.sqrt(10)
 
 
 # ---- real data -----------------------------------------------------------------------------------

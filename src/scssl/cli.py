@@ -251,6 +251,8 @@ def _drug_response(sub) -> None:
     p.add_argument("--cell-line-key", default="cell_line_key")
     p.add_argument("--layer", default=None, help="layer of --cells with the counts (default: X)")
     p.add_argument("--no-adapt", action="store_true", help="apply the bulk model without domain adaptation")
+    p.add_argument("--smooth-neighbors", type=int, default=30,
+                   help="average each cell over this many nearest cells first (0: raw cells)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_drug_response)
@@ -269,7 +271,8 @@ def run_drug_response(args) -> None:
         bulk, pd.read_csv(args.response), cells, args.drug,
         dataset=None if args.dataset == "all" else args.dataset, metric=args.metric, target=args.target,
         rule=args.rule, quantile=args.quantile, threshold=args.threshold, cell_line_key=args.cell_line_key,
-        exclude_lines=args.exclude_lines, layer=args.layer, adapt=not args.no_adapt, seed=args.seed,
+        exclude_lines=args.exclude_lines, layer=args.layer, smooth_neighbors=args.smooth_neighbors,
+        adapt=not args.no_adapt, seed=args.seed,
     )
     write_h5ad(cells, args.out, args.cells, args.overwrite)
     print(f"{res.drug}: {res.n_shared_genes} shared genes ({res.n_genes} used), {res.n_train_lines} bulk lines, "
