@@ -107,15 +107,17 @@ correlation over cells between the model's cell scores and the score its bulk mo
 each cell's line's own profile, on N GDSC2 drugs other than the five — it uses the test lines'
 expression, never their response. Mean over 12 drugs (seed 0; bulk_sc / scdeal):
 
-=====================================  ===============  ===============
-setting                                raw cells        smoothed (30)
-=====================================  ===============  ===============
-MLP head, MMD 0.25 (previous default)  0.195 / 0.178    –
-linear head, MMD 0.25                  –                0.531 / 0.104
-linear head, MMD 0.25, 5 adapt epochs  –                0.531 / 0.184
-linear head, MMD 0.05 (default)        0.284 / 0.428    0.531 / 0.370
-linear head, MMD 0 (no alignment)      –                0.531 / 0.454
-=====================================  ===============  ===============
+======================================  ===============  ===============
+setting                                 raw cells        smoothed (30)
+======================================  ===============  ===============
+MLP head, MMD 0.25 (previous default)   0.195 / 0.178    –
+linear head, MMD 0.25                   –                0.531 / 0.104
+linear head, MMD 0.25, 5 adapt epochs   –                0.531 / 0.184
+linear head, MMD 0.05 (default)         0.284 / 0.428    0.531 / 0.370
+linear head, MMD 0.05, 10 adapt epochs  –                0.531 / 0.378
+linear head, MMD 0.05, no cluster term  –                0.531 / 0.296
+linear head, MMD 0 (no alignment)       –                0.531 / 0.454
+======================================  ===============  ===============
 
 On 40 drugs, raw cells, linear head: bulk_sc 0.190 ± 0.216; scdeal 0.202 ± 0.414 at MMD 0.25,
 0.203 ± 0.403 at MMD 1.0. Per-drug sds are 0.2–0.4, so differences below about 0.1 on 12
