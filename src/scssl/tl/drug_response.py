@@ -16,10 +16,10 @@ drug-specific markers can enter the model; the number (200) was chosen by cross-
 held-out bulk lines, not on single cells. A drug-specific label (:func:`relative_response_table`)
 is available but not the default: it lost 0.06–0.21 bulk-CV AUROC against the absolute label.
 
-Cells are kNN-smoothed (:func:`smooth_cells`, 30 cells) before standardisation: on 12 GDSC2
-drugs outside the benchmark it nearly doubled how well the unadapted model's cell scores agree
-with what it says of the cells' lines' own bulk profiles (Spearman 0.28 → 0.53; see
-``benchmarks/drug_response.py``).
+Cells are kNN-smoothed (:func:`smooth_cells`, 30 cells) before standardisation: on GDSC2 drugs
+outside the benchmark it raised how well the unadapted model's cell scores agree with what it
+says of the cells' lines' own bulk profiles (mean Spearman over 12 drugs 0.28 → 0.53, over 40
+drugs 0.19 → 0.30; see ``benchmarks/drug_response.py``).
 
 One deliberate departure from scDEAL: the single-cell encoder starts as a copy of the trained
 bulk encoder rather than from an independently pre-trained autoencoder. Both domains are
@@ -335,8 +335,9 @@ class TransferConfig:
         Weights of MMD alignment (0.05; scDEAL publishes 0.25), single-cell cluster
         compactness, and reconstruction. The MMD weight was chosen by transfer fidelity on 12
         GDSC2 drugs outside the benchmark (Spearman of cell scores with the bulk model's score
-        of the cells' own lines): weight 0 0.454, 0.05 0.370, 0.25 0.104; no adaptation 0.531.
-        Aligning a few lines' cells with the spread of hundreds of bulk lines scrambles them.
+        of the cells' own lines, smoothed cells): weight 0 0.454, 0.05 0.370, 0.25 0.104; no
+        adaptation 0.531 (on 40 drugs: 0 0.302, 0.05 0.207, no adaptation 0.303). Aligning a
+        few lines' cells with the spread of hundreds of bulk lines scrambles them.
     batch_size, lr, weight_decay
         AdamW on minibatches (bulk and single cells drawn side by side).
     """
