@@ -125,11 +125,11 @@ were set: bulk_sc 0.303 ± 0.402; scdeal 0.207 ± 0.406 at MMD 0.05 (default), 0
 MMD 0. Per-drug sds are 0.2–0.4, so differences below about 0.1 on 12 drugs are noise, and the
 12-drug figures above are optimistic for every setting. What holds on both samples: smoothing
 lifts the unadapted transfer (12 drugs 0.28 → 0.53, 40 drugs 0.19 → 0.30), and MMD alignment
-does not improve on no adaptation; at scDEAL's weight it undoes smoothing (0.10 on 12 drugs). Smoothed cells + MMD 0.05 is the
-default because it keeps the better unadapted transfer for ``adapt=False`` and the smallest
-MMD weight tried for the full method; raw cells + MMD 0.05 scored 0.428 vs 0.370 for the full
-method, within noise; its cell AUROCs (last row of the table above, run after the default was
-set) are lower on four drugs.
+does not improve on no adaptation; at scDEAL's weight it undoes smoothing (0.10 on 12 drugs).
+Smoothed cells + MMD 0.05 is the default because it keeps the better unadapted transfer for
+``adapt=False`` and the smallest MMD weight tried for the full method; raw cells + MMD 0.05
+scored 0.428 vs 0.370 for the full method, within noise; its cell AUROCs (last row of the
+table above, run after the default was set) are lower on four drugs.
 
 Earlier figures (MLP head): before response-correlated genes (2000 most variable only),
 gefitinib 1.000, erlotinib 0.593 ± 0.217, osimertinib 0.710 ± 0.052, afatinib 0.691 ± 0.027,
