@@ -228,14 +228,12 @@ def all_genes(bulk: ad.AnnData, gdsc: pd.DataFrame, cells: ad.AnnData, drug: str
 
 def own_bulk_inputs(bulk: ad.AnnData, data: PreparedData) -> pd.DataFrame:
     """The test lines' own GDSC profiles (never trained on), standardised over the model's genes
-    with the training lines' statistics, as :func:`prepare` standardises those: what a perfect
+    with the training lines' statistics, as :func:`prepare` standardised those: what a perfect
     single-cell → bulk transfer would hand the bulk model."""
     keys = bulk.obs["cell_line_key"].map(line_key).to_numpy()
-    cols = bulk.var_names.get_indexer(data.genes)
-    _, mean, std = _standardize(np.asarray(bulk.X[np.isin(keys, data.bulk_lines)][:, cols],
-                                           dtype=np.float32))
     test = np.isin(keys, list(LINES.values()))
-    x, _, _ = _standardize(np.asarray(bulk.X[test][:, cols], dtype=np.float32), mean, std)
+    profiles = np.asarray(bulk.X[test][:, bulk.var_names.get_indexer(data.genes)], dtype=np.float32)
+    x, _, _ = _standardize(profiles, data.bulk_mean, data.bulk_std)
     return pd.DataFrame(x, index=keys[test])
 
 

@@ -519,6 +519,9 @@ class PreparedData:
     x_sc: np.ndarray
     sc_mean: np.ndarray
     sc_std: np.ndarray
+    bulk_mean: np.ndarray
+    bulk_std: np.ndarray
+    """Per-gene statistics of the training lines, to standardise other bulk profiles alike."""
     n_shared_genes: int
     cutoff: float | None
     excluded_lines: list[str]
@@ -583,7 +586,7 @@ def prepare(
         genes, x_bulk_raw = [genes[i] for i in top], x_bulk_raw[:, top]
     # Per-gene statistics from training lines only: the bulk file is z-scored over the whole
     # matrix, not per gene, so genes still differ in level and spread.
-    x_bulk, _, _ = _standardize(x_bulk_raw)
+    x_bulk, bulk_mean, bulk_std = _standardize(x_bulk_raw)
     x_log = sc_lognorm(sc_adata, genes, layer)
     if smooth_neighbors > 1:
         x_log = smooth_cells(x_log, smooth_neighbors)
@@ -591,6 +594,7 @@ def prepare(
     return PreparedData(
         genes=genes, x_bulk=x_bulk, y_bulk=values.loc[bulk_keys[keep]].to_numpy(np.float32),
         bulk_lines=list(bulk_keys[keep]), x_sc=x_sc, sc_mean=sc_mean, sc_std=sc_std,
+        bulk_mean=bulk_mean, bulk_std=bulk_std,
         n_shared_genes=n_shared, cutoff=cutoff,
         excluded_lines=sorted(excluded & set(bulk_keys)), n_response_lines=len(values),
         response=y_cont.astype(np.float32),
