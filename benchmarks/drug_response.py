@@ -3,7 +3,8 @@
 Train on GDSC2 bulk lines (the three test lines excluded), predict every single cell of
 HCC-827, NCI-H1975 and NCI-H2228 (CellBench mixology, CEL-seq2 + Drop-seq), and score the
 cells against their line's measured response (sensitive: ln IC50 below the drug's lower
-quartile over all GDSC2 lines).
+quartile over all GDSC2 lines). Results, and how every default was chosen, are in
+``benchmarks/drug_response.md``; keep that file true when the defaults move.
 
 Variants
 --------
@@ -19,164 +20,11 @@ pseudobulk   (c) our bulk model applied to per-line pseudo-bulk (every cell gets
 scdeal       (a) bulk + single-cell denoising autoencoders, MMD alignment (weight 0.05), cluster
              term
 
-Hyper-parameters are :class:`scssl.tl.drug_response.TransferConfig` defaults, the same for
-every drug: architecture and epochs set a priori (and for CPU run time). The MMD weight was
-0.25, scDEAL's published default, set after one pilot (seed 0, gefitinib, weight 1.0: per-cell
-AUROC 0.69) — a choice informed by the test truth of one drug, disclosed here; it is 0.05 since
-the transfer-fidelity check below, which never looks at the five drugs' responses.
-
-Genes and label were chosen by bulk cross-validation only (``--cv``: 3-fold stratified AUROC
-of the bulk model on held-out GDSC2 lines, the three test lines excluded, genes selected inside
-each fold, held-out lines scored against the absolute label; one setting for all drugs, by the
-mean over drugs). Seed 0:
-
-====================================  =====  =====  =====  =====  =====  =====
-setting                               gefi   erlo   osim   afat   criz   mean
-====================================  =====  =====  =====  =====  =====  =====
-2000 most variable, absolute label    0.702  0.693  0.733  0.765  0.847  0.748
-+ 200 response-correlated, absolute   0.715  0.718  0.742  0.777  0.844  0.759
-2000 most variable, relative label    0.645    —      —    0.606  0.638
-====================================  =====  =====  =====  =====  =====  =====
-
-(The relative label — line's z-scored ln IC50 for the drug minus its mean over all drugs —
-lost 0.06–0.21 on the three drugs run, so the rest of its grid was not run.) Default since:
-``n_response_genes=200``, ``label="absolute"``.
-
 Run: ``OMP_NUM_THREADS=1 python benchmarks/drug_response.py --seeds 0 1 2 [--out results.csv]``
-(about 20 s per drug and seed on one thread, two such processes sharing the 2-core machine;
-``--drugs`` to split the five over processes, ``--merge a.csv b.csv`` for one table);
-``... --cv 0:absolute 200:absolute 0:relative`` for the selection above;
-``... --fidelity 12 --seeds 0 [--smooth 0] [--set mmd_weight=0.25]`` for the fidelity table;
-``... --similar-lines 200 [--match-steps]`` for the similar-lines runs below.
-
-Measured with the defaults (seeds 0, 1, 2; per-cell AUROC, mean ± sd; the yardstick figures of
-the issue first, then this script's rerun of it; naive variants are deterministic):
-
-===========  ======  ======  =======  =============  =============  =============
-drug         issue   naive   naive    own_bulk       bulk_sc        scdeal
-                     rerun   on own
-                             bulk
-===========  ======  ======  =======  =============  =============  =============
-gefitinib    0.876   0.875   1.000    1.000 ± 0.000  0.981 ± 0.003  1.000 ± 0.000
-erlotinib    0.735   0.737   1.000    1.000 ± 0.000  0.834 ± 0.048  0.750 ± 0.052
-osimertinib  0.596   0.602   0.428    0.809 ± 0.330  0.905 ± 0.026  0.711 ± 0.050
-afatinib     0.776   0.770   1.000    1.000 ± 0.000  0.814 ± 0.044  0.719 ± 0.031
-crizotinib   0.264   0.282   0.000    0.572 ± 0.000  0.068 ± 0.029  0.262 ± 0.012
-===========  ======  ======  =======  =============  =============  =============
-
-With three lines, a per-line ordering maps to fixed AUROCs: 0.428 is HCC-827 > NCI-H2228 >
-NCI-H1975 where the first two are sensitive; 0.572 its mirror for crizotinib.
-
-How the defaults got here (scdeal, then bulk_sc; same seeds):
-
-=============================  ===========  ===========  ===========  ===========  ===========
-setting                        gefitinib    erlotinib    osimertinib  afatinib     crizotinib
-=============================  ===========  ===========  ===========  ===========  ===========
-MLP head, raw cells, MMD 0.25  0.998 0.846  0.767 0.666  0.692 0.669  0.667 0.699  0.217 0.338
-linear head                    1.000 0.870  0.673 0.621  0.687 0.666  0.720 0.730  0.309 0.333
-+ smoothed cells (30)          0.996 0.981  0.607 0.834  0.446 0.905  0.728 0.814  0.269 0.068
-+ MMD weight 0.05 (defaults)   1.000 0.981  0.750 0.834  0.711 0.905  0.719 0.814  0.262 0.068
-raw cells, MMD weight 0.05     1.000 0.870  0.638 0.621  0.646 0.666  0.682 0.730  0.305 0.333
-=============================  ===========  ===========  ===========  ===========  ===========
-
-(Means only: sds over seeds were 0.00–0.10, except scdeal on smoothed cells at MMD 0.25,
-erlotinib 0.27 and osimertinib 0.21.)
-
-What the own-bulk columns show: the bulk models order the three lines correctly on their own
-GDSC profiles for gefitinib, erlotinib and afatinib, so a faithful transfer scores 1.0 there; for
-crizotinib every bulk model we tried ranks the ALK-fusion line NCI-H2228 low (the regression:
-last), so a faithful transfer must fail it — the yardstick's 0.264 is that inverted ranking
-carried to the cells, and a method beats it only by ranking less faithfully (bulk_sc, the most
-faithful transfer by the check below, scores 0.068).
-
-Where adaptation helps and where it does not: with raw cells, adaptation lifted gefitinib
-(+0.13) and erlotinib (+0.05); with smoothed cells, the unadapted bulk model (bulk_sc) beats
-the yardstick on four drugs (all but crizotinib) and adaptation lowers erlotinib (−0.08),
-osimertinib (−0.19) and afatinib (−0.10), keeps gefitinib, and raises crizotinib (+0.19) only by
-moving away from what the bulk model says. The full method (scdeal) beats the
-yardstick on gefitinib, erlotinib (by 0.015, within one sd) and osimertinib, misses afatinib
-(0.719 vs 0.776) and ties crizotinib (0.262 vs 0.264).
-
-Choices and how they were made, none on the five drugs' responses: the response head became
-linear (``TransferConfig.head_hidden=()``) because a hidden GELU layer floored every line it
-found resistant at one logit (osimertinib, seed 0: NCI-H1975 −5.176, NCI-H2228 −5.171 on their
-own profiles; linear head −8.05 and −8.97), chosen by the bulk CV above: mean AUROC 0.764
-(0.702 / 0.722 / 0.751 / 0.788 / 0.855) vs 0.759. Smoothing and the MMD weight were chosen by
-transfer fidelity (``--fidelity N``, :func:`transfer_fidelity`): per drug, the Spearman
-correlation over cells between the model's cell scores and the score its bulk model gives
-each cell's line's own profile, on N GDSC2 drugs other than the five — it uses the test lines'
-expression, never their response. Mean over 12 drugs (seed 0; bulk_sc / scdeal):
-
-======================================  ===============  ===============
-setting                                 raw cells        smoothed (30)
-======================================  ===============  ===============
-MLP head, MMD 0.25 (previous default)   0.195 / 0.178    –
-linear head, MMD 0.25                   –                0.531 / 0.104
-linear head, MMD 0.25, 5 adapt epochs   –                0.531 / 0.184
-linear head, MMD 0.05 (default)         0.284 / 0.428    0.531 / 0.370
-linear head, MMD 0.05, 10 adapt epochs  –                0.531 / 0.378
-linear head, MMD 0.05, no cluster term  –                0.531 / 0.296
-linear head, MMD 0 (no alignment)       –                0.531 / 0.454
-======================================  ===============  ===============
-
-On 40 drugs (mean ± sd over drugs), raw cells, linear head: bulk_sc 0.190 ± 0.216; scdeal
-0.202 ± 0.414 at MMD 0.25, 0.203 ± 0.403 at MMD 1.0. Smoothed cells, run after the defaults
-were set: bulk_sc 0.303 ± 0.402; scdeal 0.207 ± 0.406 at MMD 0.05 (default), 0.302 ± 0.343 at
-MMD 0. Per-drug sds are 0.2–0.4, so differences below about 0.1 on 12 drugs are noise, and the
-12-drug figures above are optimistic for every setting. What holds on both samples: smoothing
-lifts the unadapted transfer (12 drugs 0.28 → 0.53, 40 drugs 0.19 → 0.30), and MMD alignment
-does not improve on no adaptation; at scDEAL's weight it undoes smoothing (0.10 on 12 drugs).
-Smoothed cells + MMD 0.05 is the default because it keeps the better unadapted transfer for
-``adapt=False`` and the smallest MMD weight tried for the full method; raw cells + MMD 0.05
-scored 0.428 vs 0.370 for the full method, within noise; its cell AUROCs (last row of the
-table above, run after the default was set) are lower on four drugs.
-
-Earlier figures (MLP head): before response-correlated genes (2000 most variable only),
-gefitinib 1.000, erlotinib 0.593 ± 0.217, osimertinib 0.710 ± 0.052, afatinib 0.691 ± 0.027,
-crizotinib 0.287 ± 0.073. ALK is not among crizotinib's 200 most response-correlated genes by
-Pearson correlation (MET is), though its Spearman correlation with ln IC50 over GDSC2 lines is
-−0.34 and NCI-H2228 sits at the 94th percentile of ALK in the bulk file; the lines with the
-highest ALK are neuroblastoma and ALK-positive lymphoma lines, mostly sensitive.
-
-Similar lines (``--similar-lines N``), an experiment of this script only: the library has no
-such option. :func:`line_similarity` scores every GDSC2 line by the Spearman correlation, across
-the shared genes, of its profile centred on the mean profile of all non-test lines (screened or
-not) with the cells' pseudo-bulk (mean of ``sc_lognorm`` over all cells);
-:func:`dissimilar_lines` lists the test lines plus every screened line outside the N most
-similar non-test ones, and that list is passed to :func:`prepare` as ``exclude_lines``, so the
-model trains (and its genes are selected) on those N lines only. The cut-off is unchanged:
-``prepare`` computes it over all screened lines before excluding any. naive_sim is the yardstick
-fitted on the same N lines. N = 200 was set a priori; N = 100 was run as well, and
-``--match-steps`` (epochs scaled so that each stage takes as many optimiser steps as on all
-lines: 140/280/70 instead of 20/40/30, since 200 lines make one minibatch per epoch) was added
-after seeing the N = 200 figures, to rule out under-training. Seeds 0, 1, 2, per-cell AUROC,
-mean ± sd, with the defaults of the time (MLP head, raw cells, MMD 0.25); all lines rerun
-alongside; naive on all lines 0.875 / 0.737 / 0.602 / 0.770 / 0.282:
-
-===========  =============  =============  =============  =============  =========  =========
-drug         scdeal all     scdeal N=200   N=200 matched  scdeal N=100   naive_sim  naive_sim
-                                           steps                         N=200      N=100
-===========  =============  =============  =============  =============  =========  =========
-gefitinib    0.998 ± 0.003  0.589 ± 0.295  0.611 ± 0.054  0.359 ± 0.093  0.828      0.675
-erlotinib    0.767 ± 0.102  0.425 ± 0.349  0.533 ± 0.054  0.230 ± 0.061  0.575      0.569
-osimertinib  0.692 ± 0.032  0.058 ± 0.046  0.117 ± 0.061  0.034 ± 0.044  0.574      0.460
-afatinib     0.667 ± 0.031  0.707 ± 0.007  0.543 ± 0.193  0.572 ± 0.082  0.662      0.580
-crizotinib   0.217 ± 0.062  0.546 ± 0.034  0.543 ± 0.072  0.538 ± 0.021  0.452      0.545
-===========  =============  =============  =============  =============  =========  =========
-
-bulk_sc, all / N=200 / N=200 matched / N=100: gefitinib 0.846 / 0.563 / 0.601 / 0.608, erlotinib
-0.666 / 0.484 / 0.587 / 0.399, osimertinib 0.669 / 0.351 / 0.397 / 0.237, afatinib 0.699 /
-0.554 / 0.566 / 0.520, crizotinib 0.338 / 0.265 / 0.249 / 0.417. Similar lines lose all three
-EGFR-inhibitor drugs badly (the yardstick too: it is not a matter of training length), win
-nothing real on afatinib (0.707 at N = 200 gives way to 0.543 ± 0.193 with matched steps;
-HCC-827 is the only line scored above ≈ 0.02 either way), and lift crizotinib only from inverted
-to chance: every line's mean probability is ≤ 0.02 (N = 200 holds 11 sensitive lines, N = 100
-three), so the ALK-driven NCI-H2228 is still not recognised. Hence the option was kept out of
-the library (an earlier ``n_similar_lines`` draft of ``prepare``, used for the figures above,
-chose exactly the lines this script chooses). (Test lines rank 1st (NCI-H1975), 3rd (NCI-H2228)
-and 174th (HCC-827) of the 918 afatinib-screened lines by this similarity.) About 6 s per drug
-and seed at N = 200 or 100 (one minibatch per epoch), 21 s on all lines or with matched steps,
-on one thread of a busy 2-core machine.
+(about 20 s per drug and seed on one thread; ``--drugs`` to split the five over processes,
+``--merge a.csv b.csv`` for one table); ``--cv`` for the bulk cross-validation of genes and
+label, ``--fidelity N`` for the label-free transfer-fidelity check on N other drugs,
+``--similar-lines N`` for the similar-lines experiment (all described in the markdown file).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ is available but not the default: it lost 0.06–0.21 bulk-CV AUROC against the 
 Cells are kNN-smoothed (:func:`smooth_cells`, 30 cells) before standardisation: on GDSC2 drugs
 outside the benchmark it raised how well the unadapted model's cell scores agree with what it
 says of the cells' lines' own bulk profiles (mean Spearman over 12 drugs 0.28 → 0.53, over 40
-drugs 0.19 → 0.30; see ``benchmarks/drug_response.py``).
+drugs 0.19 → 0.30; see ``benchmarks/drug_response.md``).
 
 One deliberate departure from scDEAL: the single-cell encoder starts as a copy of the trained
 bulk encoder rather than from an independently pre-trained autoencoder. Both domains are
@@ -53,7 +53,7 @@ from scssl.transforms import normalize_log1p
 log = logging.getLogger("scssl")
 
 # Defaults of :func:`prepare` / :func:`drug_response`, chosen by bulk cross-validation (held-out
-# GDSC2 lines, the benchmark's three test lines excluded; see ``benchmarks/drug_response.py``).
+# GDSC2 lines, the benchmark's three test lines excluded; see ``benchmarks/drug_response.md``).
 N_RESPONSE_GENES = 200
 LABEL = "absolute"
 # Chosen by transfer fidelity on drugs other than the benchmark's five (``--fidelity``).
@@ -312,7 +312,7 @@ def _corrupt(x: torch.Tensor, noise: float, drop: float, generator: torch.Genera
 
 @dataclass
 class TransferConfig:
-    """Hyper-parameters, chosen once for all drugs (see ``benchmarks/drug_response.py``).
+    """Hyper-parameters, chosen once for all drugs (see ``benchmarks/drug_response.md``).
 
     Attributes
     ----------
