@@ -85,12 +85,19 @@ def own_bulk_inputs(bulk: ad.AnnData, data: PreparedData) -> pd.DataFrame:
     return pd.DataFrame(x, index=keys[test])
 
 
+def line_scores(score, profiles: pd.DataFrame) -> pd.Series:
+    """``score`` (a function of standardised profiles) applied to one profile per line (own bulk,
+    :func:`own_bulk_inputs`, or pseudo-bulk), indexed like ``profiles``; ``.loc`` on each cell's
+    line gives it per cell."""
+    return pd.Series(score(profiles.to_numpy()), index=profiles.index)
+
+
 def naive_scores(data: PreparedData, truth: np.ndarray, own_bulk: pd.DataFrame,
                  line_of_cell: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     """The issue's naive transfer (logistic regression on bulk, applied to the cells) and the same
     regression on the lines' own bulk profiles (every cell scored as its line)."""
     naive = LogisticRegression(max_iter=2000).fit(data.x_bulk, data.y_bulk)
-    own = pd.Series(naive.decision_function(own_bulk.to_numpy()), index=own_bulk.index)
+    own = line_scores(naive.decision_function, own_bulk)
     return (scores(truth, naive.predict_proba(data.x_sc)[:, 1]),
             scores(truth, own.loc[line_of_cell].to_numpy(), call=0.0))
 
@@ -148,8 +155,7 @@ def transfer_fidelity(n_drugs: int, config: TransferConfig, seed: int = 0,
                        smooth_neighbors=smooth_neighbors)
         model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, config=config, seed=seed)
         model.fit_bulk()
-        own_bulk = own_bulk_inputs(bulk, data)
-        own = pd.Series(model.predict_bulk_model(own_bulk.to_numpy()), index=own_bulk.index)
+        own = line_scores(model.predict_bulk_model, own_bulk_inputs(bulk, data))
         rows.append({"drug": drug, "variant": "bulk_sc", "seed": seed,
                      "rho": spearmanr(model.predict_bulk_model(data.x_sc),
                                       own.loc[line_of_cell]).statistic})
@@ -240,12 +246,11 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
             model.fit_bulk()
             rows.append({"drug": drug, "variant": "bulk_sc", "seed": seed,
                          **scores(truth, model.predict_bulk_model(data.x_sc))})
-            pb_prob = pd.Series(model.predict_bulk_model(pb.to_numpy()), index=pb.index)
+            pb_prob = line_scores(model.predict_bulk_model, pb)
             pb_cells = pb_prob.loc[cells.obs["cell_type"].astype(str)].to_numpy()
             rows.append({"drug": drug, "variant": "pseudobulk", "seed": seed,
                          **scores(truth, pb_cells)})
-            own_prob = pd.Series(model.predict_bulk_model(own_bulk.to_numpy()),
-                                 index=own_bulk.index)
+            own_prob = line_scores(model.predict_bulk_model, own_bulk)
             rows.append({"drug": drug, "variant": "own_bulk", "seed": seed,
                          **scores(truth, own_prob.loc[line_of_cell].to_numpy())})
             model.adapt()
