@@ -93,6 +93,43 @@ def test_synthetic_run_skips_with_reasons(tmp_path):
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "merged" / "results.csv"), df)
 
 
+def test_protein_and_reconstruction_tasks_on_real_cite_seq(shared_data, tmp_path, monkeypatch):
+    """CBMC CITE-seq (600 cells): protein r from the embedding, imputation r from a model that never
+    saw the test cells."""
+    from scssl.bench import baselines
+
+    trained_on = []
+    fit_ssl = baselines.fit_ssl
+
+    def recording_fit(method, counts, seed, config):
+        trained_on.append(counts.n_obs)
+        return fit_ssl(method, counts, seed, config)
+
+    monkeypatch.setattr("scssl.bench.runner.fit_ssl", recording_fit)
+    monkeypatch.setattr(baselines, "fit_ssl", recording_fit)
+    config = {"datasets": [{"name": "citeseq_cbmc_scdcc_top2000", "max_cells": 600}], "epochs": 10,
+              "methods": ["mae", "pca"], "tasks": ["reconstruction", "protein"], "umap": False}
+    result = bench.run(config, tmp_path / "out", data_dir=shared_data, report=False)
+    assert not result.failed
+    assert trained_on == [600, 420]  # the cell's own model, then one without the 30% test cells
+    df = pd.read_csv(result.csv).set_index(["method", "task", "metric"]).value.sort_index()
+    # Ten proteins of immune cells: any embedding of their RNA predicts them well above chance.
+    assert 0.3 < df["pca", "protein", "mean_pearson_r"] < 1
+    assert 0.3 < df["mae", "protein", "mean_pearson_r"] < 1
+    assert ("pca", "reconstruction", "pearson_r") not in df.index  # no decoder to impute with
+    recon = df["mae", "reconstruction"]
+    assert 0.2 < recon["mean_baseline_pearson_r"] < recon["pearson_r"] < 1
+
+
+def test_dataset_without_proteins_has_none(shared_data):
+    config = {"datasets": [{"name": QUICK_DATASET, "max_cells": 200}], "methods": ["pca"]}
+    spec = load_config(config, data_dir=shared_data).datasets[0]
+    assert bench.baselines.prepare(spec).proteins is None
+    spec.protein_key = "protein_counts"
+    with pytest.raises(ValueError, match="protein_key 'protein_counts' is not in .obsm"):
+        bench.baselines.prepare(spec)
+
+
 # ---- the quick preset on real data ---------------------------------------------------------------
 @pytest.fixture(scope="module")
 def quick_run(shared_data, tmp_path_factory):

@@ -50,6 +50,9 @@ class Prepared:
         The top principal components of ``scaled``.
     labels, batches
         Cell types as strings; batches as strings or ``None`` (no batch key, or a single batch).
+    proteins
+        Surface-protein levels (cells × proteins) on the scale they are scored on
+        (:func:`scssl.tl.protein.normalise_proteins`), or ``None`` without proteins.
     seconds
         Preprocessing times: ``hvg`` (normalise, log1p, HVGs, scale) and ``pca``.
     """
@@ -61,6 +64,7 @@ class Prepared:
     labels: np.ndarray
     batches: np.ndarray | None
     seconds: dict[str, float]
+    proteins: np.ndarray | None = None
 
     @property
     def n_types(self) -> int:
@@ -133,9 +137,25 @@ def prepare(spec: DatasetSpec, n_top_genes: int = 2000, n_pcs: int = 50) -> Prep
             batches = b
             obs["batch"] = pd.Categorical(b)
     counts = ad.AnnData(X[:, hvg], obs=obs, var=pd.DataFrame(index=adata.var_names[hvg].astype(str)))
+    proteins = _proteins(adata, spec)
     log.info("%s: %d cells × %d HVGs, %d types, %s", spec.name, counts.n_obs, counts.n_vars,
              len(np.unique(labels)), "no batches" if batches is None else f"{len(np.unique(batches))} batches")
-    return Prepared(spec, counts, scaled, pca, labels, batches, {"hvg": t_hvg, "pca": t_pca})
+    seconds = {"hvg": t_hvg, "pca": t_pca}
+    return Prepared(spec, counts, scaled, pca, labels, batches, seconds, proteins)
+
+
+def _proteins(adata: ad.AnnData, spec: DatasetSpec) -> np.ndarray | None:
+    """The dataset's protein levels (normalised), from ``spec.protein_key`` or the first
+    ``.obsm`` key starting with ``protein``; ``None`` when it has none."""
+    from scssl.tl.protein import normalise_proteins
+
+    key = spec.protein_key or next((k for k in adata.obsm if k.startswith("protein")), None)
+    if key is None:
+        return None
+    if key not in adata.obsm:
+        raise ValueError(f"{spec.path}: protein_key {key!r} is not in .obsm "
+                         f"(keys: {list(adata.obsm)})")
+    return normalise_proteins(adata.obsm[key])[0]
 
 
 # ---- baselines -----------------------------------------------------------------------------------
@@ -205,19 +225,25 @@ def run_scvi(prep: Prepared, seed: int, config: BenchConfig) -> MethodOutput:
                         train_seconds=train_seconds, epochs=epochs, notes={"train_cells": int(adata.n_obs * 0.9)})
 
 
+def fit_ssl(method: str, counts: ad.AnnData, seed: int, config: BenchConfig) -> tuple[Any, float]:
+    """An :class:`~scssl.SSLModel` of ``method`` pre-trained on ``counts`` with the config's
+    settings, and the seconds its training took."""
+    from scssl.model import SSLModel
+
+    model = SSLModel(counts, method=method, batch_key="batch" if "batch" in counts.obs else None,
+                     **config.method_params.get(method, {}))
+    start = time.perf_counter()
+    model.fit(max_epochs=config.epochs, batch_size=config.batch_size, seed=seed,
+              device=config.device, progress=False, **config.train_options)
+    return model, time.perf_counter() - start
+
+
 def run_ssl(method: str) -> Callable[[Prepared, int, BenchConfig], MethodOutput]:
     """A registered scssl method: pre-train on the HVG counts, embed every cell."""
 
     def fit(prep: Prepared, seed: int, config: BenchConfig) -> MethodOutput:
-        from scssl.model import SSLModel
-
         start = time.perf_counter()
-        model = SSLModel(prep.counts, method=method, batch_key="batch" if prep.batches is not None else None,
-                         **config.method_params.get(method, {}))
-        train_start = time.perf_counter()
-        model.fit(max_epochs=config.epochs, batch_size=config.batch_size, seed=seed, device=config.device,
-                  progress=False, **config.train_options)
-        train_seconds = time.perf_counter() - train_start
+        model, train_seconds = fit_ssl(method, prep.counts, seed, config)
         z = model.embed(device=config.device)
         n_train = len(model.data) if hasattr(model.data, "__len__") else prep.counts.n_obs
         return MethodOutput(embedding=np.asarray(z, np.float32),

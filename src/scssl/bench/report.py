@@ -36,6 +36,9 @@ QUALITY = {
     ("scib", "bio_conservation"): "scIB bio",
     ("scib", "batch_correction"): "scIB batch",
     ("scib", "total"): "scIB total",
+    ("reconstruction", "pearson_r"): "Recon r",
+    ("reconstruction", "mean_baseline_pearson_r"): "Recon r, gene means",
+    ("protein", "mean_pearson_r"): "Protein r",
 }
 COST = {
     ("cost", "wall_s"): "time to embedding (s)",

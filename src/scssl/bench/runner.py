@@ -25,7 +25,7 @@ import numpy as np
 import yaml
 from sklearn.metrics import f1_score
 
-from scssl.bench.baselines import MethodOutput, Prepared, Skip, prepare, runner_for
+from scssl.bench.baselines import MethodOutput, Prepared, Skip, fit_ssl, prepare, runner_for
 from scssl.bench.config import BenchConfig, load_config
 from scssl.checkpoint import atomic_write as _atomic_write
 from scssl.metrics import cluster_scores, knn_predict_oof
@@ -166,6 +166,30 @@ def annotation_scores(prep: Prepared, output: MethodOutput, seed: int, config: B
     return {"finetune_macro_f1": float(result.macro_f1), "finetune_accuracy": float(result.accuracy)}
 
 
+def reconstruction_scores(prep: Prepared, method: str, seed: int,
+                          config: BenchConfig) -> dict[str, float]:
+    """Imputation by :func:`scssl.tl.reconstruct` (10% of genes hidden per test cell, 30% of
+    cells in the test set), with a model pre-trained as configured on the other cells only:
+    the cell's own model has seen every value it would be asked to impute."""
+    from scssl.tl import reconstruct
+    from scssl.tl._utils import random_split
+
+    test_fraction = 0.3
+    fit_cells, _ = random_split(prep.counts.n_obs, test_fraction, seed)
+    model, _ = fit_ssl(method, prep.counts[fit_cells].copy(), seed, config)
+    scores = reconstruct(model, prep.counts.copy(), test_fraction=test_fraction, seed=seed)
+    return {"pearson_r": scores["pearson"], "mean_baseline_pearson_r": scores["baseline_pearson"]}
+
+
+def protein_pearson(embedding: np.ndarray, proteins: np.ndarray, seed: int) -> float:
+    """Mean over proteins of the Pearson r of a ridge head on ``embedding``, on 20% held-out cells."""
+    from scssl.tl._utils import random_split
+    from scssl.tl.protein import heldout_protein_fit
+
+    train, test = random_split(len(embedding), 0.2, seed)
+    return float(np.nanmean(heldout_protein_fit(embedding, proteins, train, test)[1]))
+
+
 def score_cell(prep: Prepared, method: str, seed: int, config: BenchConfig, output: MethodOutput,
                notes: dict[str, str]) -> list[tuple[str, str, float]]:
     """(task, metric, value) triples for one fitted cell."""
@@ -192,6 +216,11 @@ def score_cell(prep: Prepared, method: str, seed: int, config: BenchConfig, outp
             notes["scib"] = "scib-metrics is not installed (pip install 'scssl[bench]')"
         else:
             rows += [("scib", k, v) for k, v in scib_scores(prep, emb).items()]
+    if "reconstruction" in config.tasks and output.model is not None:
+        scores = reconstruction_scores(prep, method, seed, config)
+        rows += [("reconstruction", k, v) for k, v in scores.items()]
+    if "protein" in config.tasks and emb is not None and prep.proteins is not None:
+        rows.append(("protein", "mean_pearson_r", protein_pearson(emb, prep.proteins, seed)))
     return rows
 
 

@@ -22,6 +22,38 @@ def clr(counts: np.ndarray) -> np.ndarray:
     return logged - logged.mean(1, keepdims=True)
 
 
+def normalise_proteins(
+    values, normalize: Literal["auto", "clr", "log1p", "none"] = "auto",
+) -> tuple[np.ndarray, str]:
+    """Protein levels on the scale they are predicted and scored on, and the rule applied.
+
+    ``"auto"`` is CLR for raw ADT counts (non-negative integers), the values as they are
+    otherwise (already normalised).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if normalize == "auto":
+        normalize = "clr" if is_counts(values) else "none"
+    if normalize == "clr":
+        return clr(values), normalize
+    if normalize == "log1p":
+        return np.log1p(values), normalize
+    if normalize == "none":
+        return values, normalize
+    raise ValueError(f"normalize must be 'auto', 'clr', 'log1p' or 'none', got {normalize!r}")
+
+
+def heldout_protein_fit(
+    rep: np.ndarray, target: np.ndarray, train: np.ndarray, test: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge head from ``rep`` to every protein, fitted on the ``train`` rows.
+
+    Returns the predictions for every row and the Pearson r per protein on the ``test`` rows.
+    """
+    head = RidgeCV(alphas=_ALPHAS).fit(rep[train], target[train])
+    predicted = head.predict(rep)
+    return predicted, pearson_columns(predicted[test], target[test])
+
+
 def predict_protein(
     model: SSLModel, adata: ad.AnnData, protein_key: str, *,
     normalize: Literal["auto", "clr", "log1p", "none"] = "auto", test_fraction: float = 0.2,
@@ -72,17 +104,7 @@ def predict_protein(
         raise KeyError(f"adata.obsm[{protein_key!r}] not found; available: {list(adata.obsm)}")
     raw = adata.obsm[protein_key]
     names = list(raw.columns) if isinstance(raw, pd.DataFrame) else [f"protein_{i}" for i in range(raw.shape[1])]
-    values = np.asarray(raw, dtype=np.float64)
-    if normalize == "auto":
-        normalize = "clr" if is_counts(values) else "none"
-    if normalize == "clr":
-        target = clr(values)
-    elif normalize == "log1p":
-        target = np.log1p(values)
-    elif normalize == "none":
-        target = values
-    else:
-        raise ValueError(f"normalize must be 'auto', 'clr', 'log1p' or 'none', got {normalize!r}")
+    target, normalize = normalise_proteins(raw, normalize)
 
     train, test = random_split(adata.n_obs, test_fraction, seed)
     reps = {"scssl": model.embed(adata, device="cpu")}
@@ -90,9 +112,7 @@ def predict_protein(
         reps["pca"] = pca_embedding(adata, n_comps=n_pcs, counts=is_counts(adata.X), seed=seed)
     per_protein, predictions = {}, None
     for name, rep in reps.items():
-        head = RidgeCV(alphas=_ALPHAS).fit(rep[train], target[train])
-        predicted = head.predict(rep)
-        per_protein[name] = pearson_columns(predicted[test], target[test])
+        predicted, per_protein[name] = heldout_protein_fit(rep, target, train, test)
         if name == "scssl":
             predictions = predicted
     table = pd.DataFrame(per_protein, index=pd.Index(names, name="protein"))
