@@ -240,3 +240,18 @@ def test_cli_bench_resumes_a_finished_run(quick_run, capsys):
     assert main(["bench", "--preset", "quick", "--out", str(result.out)]) == 0
     printed = capsys.readouterr().out
     assert "0 cells computed, 4 reused" in printed and "report.html" in printed
+
+
+def test_cli_bench_tasks_override(tmp_path):
+    from scssl.cli import main
+
+    adata = make_counts(n_cells=150, n_genes=60)
+    adata.obs["cell_type"] = adata.obs["group"].astype(str)
+    adata.write_h5ad(tmp_path / "toy.h5ad")
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump({"datasets": [{"path": str(tmp_path / "toy.h5ad")}],
+                                                     "methods": ["pca"], "umap": False}))
+    out = tmp_path / "out"
+    assert main(["bench", str(tmp_path / "b.yaml"), "--tasks", "knn", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out / "results.csv").task) == {"knn"}
+    with pytest.raises(ValueError, match="unknown tasks"):
+        main(["bench", str(tmp_path / "b.yaml"), "--tasks", "vibes", "--out", str(tmp_path / "o2")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -205,3 +207,23 @@ def test_continuous_target_predicts_ln_ic50(gdsc, one_thread):
     per_line = cells.obs.groupby(cells.obs["cell_type"].astype(str), observed=True)["Gefitinib_ln_ic50"].mean()
     print(per_line.to_dict())
     assert per_line["HCC827"] < per_line["H1975"], per_line.to_dict()
+
+
+@pytest.mark.parametrize("given, expected", [([], {}), (["--smooth-neighbors", "0"], {"smooth_neighbors": 0})])
+def test_cli_passes_smoothing_only_when_given(shared_data, tmp_path, monkeypatch, given, expected):
+    """Without the option the library's own default applies (the CLI does not repeat it)."""
+    seen = {}
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop before training")
+
+    # The module, not the function that scssl.tl exports under the same name.
+    monkeypatch.setattr(importlib.import_module("scssl.tl.drug_response"), "drug_response", fake)
+    with pytest.raises(RuntimeError, match="stop before training"):
+        main(["drug-response", "--bulk", str(shared_data / "gdsc_bulk_expression_975lines.h5ad"),
+              "--response", str(shared_data / "gdsc_drug_response.csv.gz"),
+              "--cells", str(shared_data / "cellline_mixology_3lines_celseq2_dropseq.h5ad"),
+              "--out", str(tmp_path / "out.h5ad"), *given])
+    assert {k: v for k, v in seen.items() if k == "smooth_neighbors"} == expected
+    assert not (tmp_path / "out.h5ad").exists()

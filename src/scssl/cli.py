@@ -211,6 +211,9 @@ def _bench(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="override the config's seeds")
     p.add_argument("--epochs", type=int, default=None, help="override SSL pre-training epochs")
     p.add_argument("--methods", nargs="+", default=None, help="override the methods (names or 'all')")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="override the tasks: knn cluster annotation scib reconstruction protein cost "
+                   "(a finished cell is not rescored: give a new --out to add tasks to a run)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.set_defaults(func=run_bench)
 
@@ -223,7 +226,7 @@ def run_bench(args) -> None:
     source = args.preset or args.config
     out = args.out or f"bench_{args.preset or Path(args.config).stem}"
     result = bench.run(source, out, data=args.data, seeds=args.seeds, epochs=args.epochs,
-                       methods=args.methods, device=args.device)
+                       methods=args.methods, tasks=args.tasks, device=args.device)
     print(f"{len(result.computed)} cells computed, {len(result.reused)} reused from {result.csv}")
     for key, why in result.skipped.items():
         print(f"skipped {key}: {why}")
@@ -251,8 +254,9 @@ def _drug_response(sub) -> None:
     p.add_argument("--cell-line-key", default="cell_line_key")
     p.add_argument("--layer", default=None, help="layer of --cells with the counts (default: X)")
     p.add_argument("--no-adapt", action="store_true", help="apply the bulk model without domain adaptation")
-    p.add_argument("--smooth-neighbors", type=int, default=30,
-                   help="average each cell over this many nearest cells first (0: raw cells)")
+    p.add_argument("--smooth-neighbors", type=int, default=None,
+                   help="average each cell over this many nearest cells first (0: raw cells; "
+                   "default: scssl.tl.drug_response.SMOOTH_NEIGHBORS)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_drug_response)
@@ -267,12 +271,14 @@ def run_drug_response(args) -> None:
     if not Path(args.response).exists():
         raise SystemExit(f"error: {args.response} not found")
     bulk, cells = read_h5ad(args.bulk), read_h5ad(args.cells)
+    # The library's default applies unless given: the CLI cannot read it without importing torch.
+    smoothing = {} if args.smooth_neighbors is None else {"smooth_neighbors": args.smooth_neighbors}
     res = drug_response(
         bulk, pd.read_csv(args.response), cells, args.drug,
         dataset=None if args.dataset == "all" else args.dataset, metric=args.metric, target=args.target,
         rule=args.rule, quantile=args.quantile, threshold=args.threshold, cell_line_key=args.cell_line_key,
-        exclude_lines=args.exclude_lines, layer=args.layer, smooth_neighbors=args.smooth_neighbors,
-        adapt=not args.no_adapt, seed=args.seed,
+        exclude_lines=args.exclude_lines, layer=args.layer, adapt=not args.no_adapt, seed=args.seed,
+        **smoothing,
     )
     write_h5ad(cells, args.out, args.cells, args.overwrite)
     print(f"{res.drug}: {res.n_shared_genes} shared genes ({res.n_genes} used), {res.n_train_lines} bulk lines, "
