@@ -180,8 +180,10 @@ def test_pca_baseline_reproduces_the_published_figure(quick_run):
     assert pca["macro_f1"] == pytest.approx(0.828, abs=0.01)
     assert pca["kmeans_ari"] == pytest.approx(0.536, abs=0.02)
     assert pca["leiden_ari"] == pytest.approx(0.438, abs=0.03)
-    logreg = df[(df.method == "logreg") & (df.metric == "macro_f1")].value.iloc[0]
-    assert logreg > 0.8  # the supervised reference beats chance by far
+    logreg = df[df.method == "logreg"].set_index("metric").value
+    assert logreg["macro_f1"] > 0.8  # the supervised reference beats chance by far
+    # On annotate's 20% hold-out (HSC's 3 cells counted, unlike the 5-fold F1) it stays high.
+    assert 0.7 < logreg["holdout_macro_f1"] <= 1
     mae = df[(df.method == "mae") & (df.task == "knn")].value.iloc[0]
     assert mae > 0.5  # five epochs already give a usable embedding
 

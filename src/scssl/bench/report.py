@@ -28,6 +28,7 @@ from scssl.bench.runner import atomic_write
 QUALITY = {
     ("knn", "macro_f1"): "kNN F1",
     ("annotation", "macro_f1"): "LogReg F1",
+    ("annotation", "holdout_macro_f1"): "LogReg F1, fine-tune split",
     ("annotation", "finetune_macro_f1"): "Fine-tune F1",
     ("cluster", "leiden_ari"): "Leiden ARI",
     ("cluster", "leiden_nmi"): "Leiden NMI",

@@ -204,6 +204,8 @@ def score_cell(prep: Prepared, method: str, seed: int, config: BenchConfig, outp
     if "annotation" in config.tasks:
         if output.predictions is not None:
             rows.append(("annotation", "macro_f1", macro_f1(prep.labels[keep], output.predictions[keep])))
+        if output.holdout_macro_f1 is not None:
+            rows.append(("annotation", "holdout_macro_f1", output.holdout_macro_f1))
         elif output.model is not None and config.annotation_epochs > 0:
             try:
                 rows += [("annotation", k, v) for k, v in annotation_scores(prep, output, seed, config).items()]
