@@ -92,6 +92,21 @@ def test_synthetic_run_skips_with_reasons(tmp_path):
     assert merged.exists()
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "merged" / "results.csv"), df)
 
+    # A later run of the same cell: its new measurements are added, its repeated one is not.
+    later = tmp_path / "later"
+    shutil.copytree(result.out, later)
+    cell = df[(df.method == "pca") & (df.seed == 0)]
+    knn = cell[cell.task == "knn"].assign(value=-1.0)
+    pd.concat([knn, knn.assign(metric="new_metric", value=0.25),
+               knn.assign(task="annotation", metric="holdout_macro_f1", value=0.5)]
+              ).to_csv(later / "results.csv", index=False)
+    bench.merge_runs([result.out, later], tmp_path / "merged2", report=False)
+    both = pd.read_csv(tmp_path / "merged2" / "results.csv").set_index(["method", "seed", "task", "metric"])
+    assert len(both) == len(df) + 2
+    assert both.value["pca", 0, "knn", "macro_f1"] == cell[cell.task == "knn"].value.item()
+    assert both.value["pca", 0, "knn", "new_metric"] == 0.25
+    assert both.value["pca", 0, "annotation", "holdout_macro_f1"] == 0.5
+
 
 def test_protein_and_reconstruction_tasks_on_real_cite_seq(shared_data, tmp_path, monkeypatch):
     """CBMC CITE-seq (600 cells): protein r from the embedding, imputation r from a model that never

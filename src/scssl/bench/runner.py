@@ -368,8 +368,10 @@ def run(config: str | Path | dict | BenchConfig, out: str | Path, *, report: boo
 def merge_runs(sources: list[str | Path], out: str | Path, report: bool = True) -> Path:
     """Combine bench folders run separately (e.g. datasets split over processes or machines) into ``out``.
 
-    Rows of a (dataset, method, seed) cell come from the first source that has it; UMAP
-    coordinates and notes are copied; the config lists every source's datasets and methods.
+    Each measurement (dataset, method, seed, task, metric) comes from the first source that has
+    it, so a later run with other ``tasks`` (or a version that adds a metric) adds its rows to
+    finished cells; UMAP coordinates and notes are copied; the config lists every source's
+    datasets and methods.
     """
     import shutil
 
@@ -377,13 +379,11 @@ def merge_runs(sources: list[str | Path], out: str | Path, report: bool = True) 
     (out / "umap").mkdir(parents=True, exist_ok=True)
     rows, seen, notes, config = [], set(), {}, None
     for src in map(Path, sources):
-        cells = {}
         for r in read_rows(src / "results.csv"):
-            cells.setdefault((r["dataset"], r["method"], r["seed"]), []).append(r)
-        for key, cell_rows in cells.items():
+            key = tuple(r[c] for c in COLUMNS[:-1])
             if key not in seen:
                 seen.add(key)
-                rows += cell_rows
+                rows.append(r)
         for npz in (src / "umap").glob("*.npz"):
             if not (out / "umap" / npz.name).exists():
                 shutil.copy(npz, out / "umap" / npz.name)
