@@ -213,7 +213,8 @@ def _bench(sub) -> None:
     p.add_argument("--methods", nargs="+", default=None, help="override the methods (names or 'all')")
     p.add_argument("--tasks", nargs="+", default=None,
                    help="override the tasks: knn cluster annotation scib reconstruction protein cost "
-                   "(a finished cell is not rescored: give a new --out to add tasks to a run)")
+                   "(a finished cell is not rescored: run the new tasks into a new --out, then "
+                   "scssl.bench.merge_runs the two folders)")
     p.add_argument("--device", default=None, help="auto, cpu or cuda")
     p.set_defaults(func=run_bench)
 
