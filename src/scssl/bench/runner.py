@@ -177,7 +177,12 @@ def reconstruction_scores(prep: Prepared, method: str, seed: int,
     test_fraction = 0.3
     fit_cells, _ = random_split(prep.counts.n_obs, test_fraction, seed)
     model, _ = fit_ssl(method, prep.counts[fit_cells].copy(), seed, config)
-    scores = reconstruct(model, prep.counts.copy(), test_fraction=test_fraction, seed=seed)
+    cells = prep.counts.copy()
+    scores = reconstruct(model, cells, test_fraction=test_fraction, seed=seed)
+    # The split above repeats reconstruct's own; if that ever changed, the model would have
+    # seen test cells. Check against the test cells reconstruct reports.
+    if cells.obs["scssl_reconstruct_test"].to_numpy()[fit_cells].any():
+        raise RuntimeError("reconstruct's test cells overlap the cells the model was trained on")
     return {"pearson_r": scores["pearson"], "mean_baseline_pearson_r": scores["baseline_pearson"]}
 
 
