@@ -281,10 +281,16 @@ def config_with(overrides: list[str]) -> TransferConfig:
     """``TransferConfig`` with ``FIELD=VALUE`` overrides (values parsed as Python literals)."""
     import ast
 
+    known = {f.name for f in dataclasses.fields(TransferConfig)}
     fields = {}
     for item in overrides:
         name, _, value = item.partition("=")
-        fields[name] = ast.literal_eval(value)
+        if name not in known:
+            raise SystemExit(f"--set {item!r}: no TransferConfig field {name!r}; fields: {sorted(known)}")
+        try:
+            fields[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal (e.g. 0.1, (256,), True)")
     return dataclasses.replace(TransferConfig(), **fields)
 
 
