@@ -113,20 +113,30 @@ def test_protein_and_reconstruction_tasks_on_real_cite_seq(shared_data, tmp_path
     saw the test cells."""
     from scssl.bench import baselines
 
-    trained_on = []
-    fit_ssl = baselines.fit_ssl
+    import scssl.tl
+
+    trained_on, imputed = [], []
+    fit_ssl, reconstruct = baselines.fit_ssl, scssl.tl.reconstruct
 
     def recording_fit(method, counts, seed, config):
-        trained_on.append(counts.n_obs)
+        trained_on.append(counts.obs_names)
         return fit_ssl(method, counts, seed, config)
+
+    def recording_reconstruct(model, adata, **kwargs):
+        scores = reconstruct(model, adata, **kwargs)
+        imputed.append(adata.obs_names[adata.obs["scssl_reconstruct_test"].to_numpy()])
+        return scores
 
     monkeypatch.setattr("scssl.bench.runner.fit_ssl", recording_fit)
     monkeypatch.setattr(baselines, "fit_ssl", recording_fit)
+    monkeypatch.setattr(scssl.tl, "reconstruct", recording_reconstruct)
     config = {"datasets": [{"name": "citeseq_cbmc_scdcc_top2000", "max_cells": 600}], "epochs": 10,
               "methods": ["mae", "pca"], "tasks": ["reconstruction", "protein"], "umap": False}
     result = bench.run(config, tmp_path / "out", data_dir=shared_data, report=False)
     assert not result.failed
-    assert trained_on == [600, 420]  # the cell's own model, then one without the 30% test cells
+    # The cell's own model, then one without the 30% test cells, which are the cells imputed.
+    assert [len(cells) for cells in trained_on] == [600, 420]
+    assert len(imputed[0]) == 180 and not set(imputed[0]) & set(trained_on[1])
     df = pd.read_csv(result.csv).set_index(["method", "task", "metric"]).value.sort_index()
     # Ten proteins of immune cells: any embedding of their RNA predicts them well above chance.
     assert 0.3 < df["pca", "protein", "mean_pearson_r"] < 1

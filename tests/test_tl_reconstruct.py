@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from scssl import SSLModel, tl
@@ -31,3 +32,23 @@ def test_linear_decoder_and_missing_decoder(pbmc3k, pbmc3k_mae):
     with pytest.raises(ValueError, match="no decoder"):
         tl.reconstruct(simclr, adata[:200].copy(), decoder="model")
     assert tl.reconstruct(simclr, adata[:200].copy())["decoder"] == "linear"
+
+
+def test_test_cells_given_as_mask_or_positions(pbmc3k, pbmc3k_mae):
+    from scssl.tl._utils import random_split
+
+    adata = pbmc3k[:400].copy()
+    _, drawn = random_split(adata.n_obs, 0.3, seed=1)
+    default = tl.reconstruct(pbmc3k_mae, adata, seed=1)
+    # The same cells passed explicitly give the same scores (same hidden entries).
+    assert tl.reconstruct(pbmc3k_mae, adata, test_cells=drawn, seed=1) == default
+    chosen = np.zeros(adata.n_obs, dtype=bool)
+    chosen[:100] = True
+    scores = tl.reconstruct(pbmc3k_mae, adata, test_cells=chosen, seed=1)
+    np.testing.assert_array_equal(adata.obs["scssl_reconstruct_test"].to_numpy(), chosen)
+    assert scores["n_hidden"] == 100 * 200
+    assert tl.reconstruct(pbmc3k_mae, adata, test_cells=np.arange(100), seed=1) == scores
+    for bad, message in [(np.ones(adata.n_obs, bool), "both sides"), (np.ones(5, bool), "mask of 5"),
+                         (np.array([0, 400]), "outside"), (np.array([0.5]), "boolean mask or integer")]:
+        with pytest.raises(ValueError, match=message):
+            tl.reconstruct(pbmc3k_mae, adata, test_cells=bad)

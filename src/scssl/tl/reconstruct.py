@@ -16,8 +16,9 @@ from scssl.tl._utils import lognorm, model_inputs, random_split
 
 def reconstruct(
     model: SSLModel, adata: ad.AnnData, *, holdout: Literal["entries", "genes"] = "entries",
-    fraction: float = 0.1, test_fraction: float = 0.3, decoder: Literal["auto", "model", "linear"] = "auto",
-    alpha: float = 1.0, key_added: str = "scssl_reconstruct", seed: int = 0,
+    fraction: float = 0.1, test_fraction: float = 0.3, test_cells: np.ndarray | None = None,
+    decoder: Literal["auto", "model", "linear"] = "auto", alpha: float = 1.0,
+    key_added: str = "scssl_reconstruct", seed: int = 0,
 ) -> dict[str, float]:
     """Hide expression values of test cells, predict them from the rest, score the prediction.
 
@@ -40,7 +41,11 @@ def reconstruct(
     holdout, fraction
         What to hide, and how much.
     test_fraction
-        Share of cells in the test set.
+        Share of cells in the test set, drawn at random (ignored with ``test_cells``).
+    test_cells
+        The test set yourself: a boolean mask over ``adata``'s cells or their integer
+        positions, e.g. the cells the model was not trained on (as the benchmark does: a model
+        that has seen a cell has seen every value it would be asked to impute).
     decoder
         ``"model"``: the method's own decoder (``module.reconstruct``, e.g. MAE).
         ``"linear"``: a ridge regression from the embedding to the log-normalised genes,
@@ -74,7 +79,7 @@ def reconstruct(
         raise ValueError(
             f"method {model.method_name!r} has no decoder; use decoder='linear' (a ridge decoder on the embedding)"
         )
-    fit_idx, test_idx = random_split(adata.n_obs, test_fraction, seed)
+    fit_idx, test_idx = _split(adata.n_obs, test_fraction, test_cells, seed)
     raw_fit, x_fit = model_inputs(model, adata, fit_idx)
     raw_test, x_test = model_inputs(model, adata, test_idx)
     truth = lognorm(model, raw_test)
@@ -109,6 +114,28 @@ def reconstruct(
     adata.obs[key_added + "_test"] = is_test
     adata.uns[key_added] = dict(scores, holdout=holdout, fraction=fraction)
     return scores
+
+
+def _split(n_cells: int, test_fraction: float, test_cells: np.ndarray | None,
+           seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit, test) cell positions: ``test_cells`` as given, else a random ``test_fraction``."""
+    if test_cells is None:
+        return random_split(n_cells, test_fraction, seed)
+    test_cells = np.asarray(test_cells)
+    is_test = np.zeros(n_cells, dtype=bool)
+    if test_cells.dtype == bool:
+        if test_cells.shape != (n_cells,):
+            raise ValueError(f"test_cells is a mask of {test_cells.shape[0]} cells; adata has {n_cells}")
+        is_test = test_cells
+    elif np.issubdtype(test_cells.dtype, np.integer):
+        if test_cells.size and (test_cells.min() < 0 or test_cells.max() >= n_cells):
+            raise ValueError(f"test_cells holds positions outside 0..{n_cells - 1}")
+        is_test[test_cells] = True
+    else:
+        raise ValueError("test_cells must be a boolean mask or integer positions of adata's cells")
+    if is_test.all() or not is_test.any():
+        raise ValueError("test_cells must leave cells on both sides (test, and fit for the baseline)")
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
 
 
 def _decoder_to_lognorm(module, out: torch.Tensor) -> torch.Tensor:
