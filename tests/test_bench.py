@@ -282,3 +282,16 @@ def test_cli_bench_tasks_override(tmp_path):
     assert set(pd.read_csv(out / "results.csv").task) == {"knn"}
     with pytest.raises(ValueError, match="unknown tasks"):
         main(["bench", str(tmp_path / "b.yaml"), "--tasks", "vibes", "--out", str(tmp_path / "o2")])
+
+
+def test_report_marks_the_best_method_but_not_reference_columns():
+    from scssl.bench.report import _table, summarise
+
+    rows = [("mae", "reconstruction", "pearson_r", 0.7), ("mae", "reconstruction", "mean_baseline_pearson_r", 0.5),
+            ("vicreg", "reconstruction", "pearson_r", 0.6),
+            ("vicreg", "reconstruction", "mean_baseline_pearson_r", 0.55)]
+    df = pd.DataFrame([{"dataset": "d", "method": m, "seed": 0, "task": t, "metric": k, "value": v}
+                       for m, t, k, v in rows])
+    html = _table(summarise(df), "d", ["mae", "vicreg"])
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)  # per row: overall, Recon r, gene means
+    assert cells == ["", "0.700 ★", "0.500", "", "0.600", "0.550"]
