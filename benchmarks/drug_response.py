@@ -290,7 +290,7 @@ def config_with(overrides: list[str]) -> TransferConfig:
         try:
             fields[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal (e.g. 0.1, (256,), True)")
+            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal (e.g. 0.1, (256,), True)") from None
     return dataclasses.replace(TransferConfig(), **fields)
 
 

@@ -125,7 +125,7 @@ def _split(n_cells: int, test_fraction: float, test_cells: np.ndarray | None,
     is_test = np.zeros(n_cells, dtype=bool)
     if test_cells.dtype == bool:
         if test_cells.shape != (n_cells,):
-            raise ValueError(f"test_cells is a mask of {test_cells.shape[0]} cells; adata has {n_cells}")
+            raise ValueError(f"test_cells is a mask of {test_cells.size} cells; adata has {n_cells}")
         is_test = test_cells
     elif np.issubdtype(test_cells.dtype, np.integer):
         if test_cells.size and (test_cells.min() < 0 or test_cells.max() >= n_cells):
