@@ -22,9 +22,10 @@ scdeal       (a) bulk + single-cell denoising autoencoders, MMD alignment (weigh
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/drug_response.py --seeds 0 1 2 [--out results.csv]``
 (about 20 s per drug and seed on one thread; ``--drugs`` to split the five over processes,
-``--merge a.csv b.csv`` for one table); ``--cv`` for the bulk cross-validation of genes and
-label, ``--fidelity N`` for the label-free transfer-fidelity check on N other drugs,
-``--similar-lines N`` for the similar-lines experiment (all described in the markdown file).
+``--merge a.csv b.csv`` for one table); ``--cv`` for the bulk cross-validation of genes,
+label and target, ``--fidelity N`` for the label-free transfer-fidelity check on N other drugs,
+``--similar-lines N`` for the similar-lines experiment, ``--target continuous`` to regress ln IC50
+(all described in the markdown file).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from scssl.tl.drug_response import (
-    LABEL, N_RESPONSE_GENES, SMOOTH_NEIGHBORS, DrugTransfer, PreparedData, TransferConfig,
+    SMOOTH_NEIGHBORS, DrugTransfer, PreparedData, TransferConfig,
     _standardize, binarize, line_key, prepare, pseudobulk_inputs, relative_response_table,
     response_table, sc_lognorm, select_genes, shared_genes,
 )
@@ -64,6 +65,15 @@ def load() -> tuple[ad.AnnData, pd.DataFrame, ad.AnnData]:
 def scores(truth: np.ndarray, prob: np.ndarray, call: float = 0.5) -> dict[str, float]:
     return {"auroc": roc_auc_score(truth, prob), "ap": average_precision_score(truth, prob),
             "f1": f1_score(truth, prob >= call, zero_division=0.0)}
+
+
+def model_scores(truth: np.ndarray, output: np.ndarray, binary: bool,
+                 cutoff: float) -> dict[str, float]:
+    """:func:`scores` of our model's output: a probability, or a predicted ln IC50 (scored by
+    its negative, called sensitive below the binarisation ``cutoff``)."""
+    if binary:
+        return scores(truth, output)
+    return scores(truth, -output, call=-cutoff)
 
 
 def all_genes(bulk: ad.AnnData, gdsc: pd.DataFrame, cells: ad.AnnData, drug: str,
@@ -102,12 +112,13 @@ def naive_scores(data: PreparedData, truth: np.ndarray, own_bulk: pd.DataFrame,
             scores(truth, own.loc[line_of_cell].to_numpy(), call=0.0))
 
 
-def bulk_cv(drugs: list[str], settings: list[tuple[int, str]], config: TransferConfig,
+def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: TransferConfig,
             n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
     """Model selection without the single cells: k-fold AUROC of the bulk model on held-out
-    GDSC2 lines (the three test lines never enter). Genes are selected inside each fold from
-    its training lines; held-out lines are always scored against the *absolute* label (the
-    truth the cells are scored against), whichever label the model was trained on."""
+    GDSC2 lines (the three test lines never enter). Settings are (response genes, label,
+    target). Genes are selected inside each fold from its training lines; held-out lines are
+    always scored against the *absolute* binary label (the truth the cells are scored against),
+    whichever label and target the model was trained on (a regression by minus its output)."""
     from sklearn.model_selection import StratifiedKFold
 
     bulk, gdsc, cells = load()
@@ -122,17 +133,21 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str]], config: TransferC
                 "relative": rel.loc[lines].to_numpy()}
         y = {"absolute": y_abs, "relative": binarize(rel)[0].loc[lines].to_numpy(np.float32)}
         folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
-        for n_resp, label in settings:
+        for n_resp, label, target in settings:
+            binary = target == "binary"
             aucs = []
             for tr, te in folds:
                 idx = select_genes(x[tr], cont[label][tr], 2000, n_resp)
                 xtr, mean, std = _standardize(x[tr][:, idx])
                 xte, _, _ = _standardize(x[te][:, idx], mean, std)
-                model = DrugTransfer(xtr, y[label][tr], xtr[:8], config=config, seed=seed)
+                model = DrugTransfer(xtr, (y if binary else cont)[label][tr], xtr[:8], binary,
+                                     config, seed)
                 model.fit_bulk()
-                aucs.append(roc_auc_score(y_abs[te], model.predict_bulk_model(xte)))
+                sensitivity = model.predict_bulk_model(xte) * (1 if binary else -1)
+                aucs.append(roc_auc_score(y_abs[te], sensitivity))
             rows.append({"drug": drug, "n_response_genes": n_resp, "label": label,
-                         "cv_auroc": float(np.mean(aucs)), "cv_sd": float(np.std(aucs))})
+                         "target": target, "cv_auroc": float(np.mean(aucs)),
+                         "cv_sd": float(np.std(aucs))})
             print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
@@ -203,7 +218,10 @@ def matched_steps(config: TransferConfig, n_lines: int, n_all: int, n_cells: int
 
 def run(seeds: list[int], drugs: list[str], config: TransferConfig,
         n_similar_lines: int | None = None, match_steps: bool = False,
-        smooth_neighbors: int = SMOOTH_NEIGHBORS) -> pd.DataFrame:
+        smooth_neighbors: int = SMOOTH_NEIGHBORS, target: str = "binary") -> pd.DataFrame:
+    """Every variant on every drug and seed. With ``target="continuous"`` our models regress
+    ln IC50 and a cell's sensitivity score is minus its predicted ln IC50 (called sensitive below
+    the binarisation cut-off); the yardstick stays the binary regression."""
     bulk, gdsc, cells = load()
     line_of_cell = cells.obs["cell_type"].astype(str).map(LINES).to_numpy()
     similarity = None if n_similar_lines is None else line_similarity(bulk, cells)
@@ -216,12 +234,13 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
         exclude = list(LINES.values()) if n_similar_lines is None else \
             dissimilar_lines(similarity, values.index, n_similar_lines)
         data = prepare(bulk, gdsc, cells, drug, exclude_lines=exclude,
-                       smooth_neighbors=smooth_neighbors)
+                       smooth_neighbors=smooth_neighbors, target=target)
+        binary = target == "binary"
         sensitive = [k for k, v in truth_line.items() if v]
         print(f"{drug}: cutoff {cutoff:.2f}, sensitive lines {sensitive}, "
               f"{data.n_shared_genes} shared genes ({len(data.genes)} used), "
               f"{len(data.bulk_lines)} training lines "
-              f"({int(data.y_bulk.sum())} sensitive)", flush=True)
+              f"({int((data.response < cutoff).sum())} sensitive)", flush=True)
 
         # The yardstick uses every shared gene.
         full = all_genes(bulk, gdsc, cells, drug, LINES.values())
@@ -242,22 +261,27 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
         own_bulk = own_bulk_inputs(bulk, data)
         for seed in seeds:
             t0 = time.time()
-            model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, config=cfg, seed=seed)
+            model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, binary, cfg, seed)
             model.fit_bulk()
             rows.append({"drug": drug, "variant": "bulk_sc", "seed": seed,
-                         **scores(truth, model.predict_bulk_model(data.x_sc))})
+                         **model_scores(truth, model.predict_bulk_model(data.x_sc), binary,
+                                        cutoff)})
             pb_prob = line_scores(model.predict_bulk_model, pb)
             pb_cells = pb_prob.loc[cells.obs["cell_type"].astype(str)].to_numpy()
             rows.append({"drug": drug, "variant": "pseudobulk", "seed": seed,
-                         **scores(truth, pb_cells)})
+                         **model_scores(truth, pb_cells, binary, cutoff)})
             own_prob = line_scores(model.predict_bulk_model, own_bulk)
             rows.append({"drug": drug, "variant": "own_bulk", "seed": seed,
-                         **scores(truth, own_prob.loc[line_of_cell].to_numpy())})
+                         **model_scores(truth, own_prob.loc[line_of_cell].to_numpy(), binary,
+                                       cutoff)})
             model.adapt()
             prob = model.predict_adapted()
-            rows.append({"drug": drug, "variant": "scdeal", "seed": seed, **scores(truth, prob)})
+            rows.append({"drug": drug, "variant": "scdeal", "seed": seed,
+                         **model_scores(truth, prob, binary, cutoff)})
             per_line = pd.Series(prob, dtype=float).groupby(line_of_cell).mean().round(2).to_dict()
-            print(f"  seed {seed}: {time.time() - t0:.0f}s; scDEAL mean prob per line {per_line}; "
+            output = "prob" if binary else "ln IC50"
+            print(f"  seed {seed}: {time.time() - t0:.0f}s; scDEAL mean {output} per line "
+                  f"{per_line}; "
                   f"pseudo-bulk {pb_prob.astype(float).round(2).to_dict()}; "
                   f"own bulk {own_prob.astype(float).round(3).to_dict()}", flush=True)
     return pd.DataFrame(rows)
@@ -270,7 +294,8 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     def cell(mean: float, sd: float) -> str:
         return f"{mean:.3f} ± {0.0 if np.isnan(sd) else sd:.3f}"
 
-    table = pd.DataFrame({m: [cell(a, s) for a, s in zip(out[(m, "mean")], out[(m, "std")])]
+    table = pd.DataFrame({m: [cell(a, s) for a, s in zip(out[(m, "mean")], out[(m, "std")],
+                                                         strict=True)]
                           for m in ("auroc", "ap", "f1")}, index=out.index).reset_index()
     table["_d"] = table["drug"].map({d: i for i, d in enumerate(DRUGS)})
     table["_v"] = table["variant"].map(order)
@@ -286,12 +311,26 @@ def config_with(overrides: list[str]) -> TransferConfig:
     for item in overrides:
         name, _, value = item.partition("=")
         if name not in known:
-            raise SystemExit(f"--set {item!r}: no TransferConfig field {name!r}; fields: {sorted(known)}")
+            raise SystemExit(f"--set {item!r}: no TransferConfig field {name!r}; "
+                             f"fields: {sorted(known)}")
         try:
             fields[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal (e.g. 0.1, (256,), True)") from None
+            raise SystemExit(f"--set {item!r}: {value!r} is not a Python literal "
+                             "(e.g. 0.1, (256,), True)") from None
     return dataclasses.replace(TransferConfig(), **fields)
+
+
+def cv_setting(text: str) -> tuple[int, str, str]:
+    """``N:LABEL[:TARGET]`` → (response genes, label, target); target defaults to binary."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0].isdigit() \
+            or parts[1] not in ("absolute", "relative") \
+            or parts[2:] not in ([], ["binary"], ["continuous"]):
+        raise SystemExit(f"--cv {text!r}: expected N:LABEL[:TARGET], e.g. 200:absolute or "
+                         "200:absolute:continuous (LABEL absolute|relative, TARGET "
+                         "binary|continuous)")
+    return int(parts[0]), parts[1], parts[2] if len(parts) == 3 else "binary"
 
 
 def main() -> None:
@@ -301,9 +340,10 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="CSV of per-seed scores")
     parser.add_argument("--merge", nargs="+", default=None,
                         help="only print the table of these CSVs")
-    parser.add_argument("--cv", nargs="+", default=None, metavar="N_RESPONSE_GENES:LABEL",
+    parser.add_argument("--cv", nargs="+", default=None,
+                        metavar="N_RESPONSE_GENES:LABEL[:TARGET]",
                         help="bulk cross-validation of these settings instead, "
-                             "e.g. 0:absolute 200:relative")
+                             "e.g. 0:absolute 200:relative 200:absolute:continuous")
     parser.add_argument("--similar-lines", type=int, default=None, metavar="N",
                         help="train only on the N GDSC2 lines most like the cells "
                              "(line_similarity); adds variant naive_sim, the yardstick on them")
@@ -313,6 +353,8 @@ def main() -> None:
                         help="kNN-smooth the cells over K cells (0: raw cells)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override TransferConfig fields, e.g. mmd_weight=1.0 adapt_epochs=60")
+    parser.add_argument("--target", choices=["binary", "continuous"], default="binary",
+                        help="our models: classify the binarised response or regress ln IC50")
     parser.add_argument("--match-steps", action="store_true",
                         help="with --similar-lines: scale epochs to the optimiser steps of "
                              "all lines")
@@ -327,18 +369,19 @@ def main() -> None:
         print(fid.groupby("variant")["rho"].agg(["mean", "std", "count"]).round(3).to_string())
         return
     if args.cv:
-        settings = [(int(s.split(":")[0]), s.split(":")[1]) for s in args.cv]
+        settings = [cv_setting(s) for s in args.cv]
         cv = bulk_cv(args.drugs, settings, config)
         if args.out:
             cv.to_csv(args.out, index=False)
-        print(cv.pivot_table(index=["n_response_genes", "label"], columns="drug", values="cv_auroc")
+        print(cv.pivot_table(index=["n_response_genes", "label", "target"], columns="drug",
+                             values="cv_auroc")
               .assign(mean=lambda t: t.mean(axis=1)).round(3).to_string())
         return
     if args.merge:
         results = pd.concat([pd.read_csv(f) for f in args.merge])
     else:
         results = run(args.seeds, args.drugs, config, args.similar_lines,
-                      args.match_steps, args.smooth)
+                      args.match_steps, args.smooth, args.target)
     if args.out:
         results.to_csv(args.out, index=False)
     table = summarise(results)
