@@ -17,8 +17,8 @@ naive_sim    (with ``--similar-lines N``) the same yardstick fitted on the N lin
 own_bulk     our bulk model on the three lines' own GDSC profiles: what a perfect transfer gives
 bulk_sc      (b) our bulk model applied to the (kNN-smoothed, standardised) cells, no adaptation
 pseudobulk   (c) our bulk model applied to per-line pseudo-bulk (every cell gets its line's score)
-scdeal       (a) bulk + single-cell denoising autoencoders, MMD alignment (weight 0.05), cluster
-             term
+scdeal       (a) bulk + single-cell denoising autoencoders, MMD alignment (weight 0.05) with the
+             bulk lines nearest the cells (partial alignment), cluster term
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/drug_response.py --seeds 0 1 2 [--out results.csv]``
 (about 20 s per drug and seed on one thread; ``--drugs`` to split the five over processes,

@@ -109,6 +109,26 @@ def test_far_out_cells_keep_their_order():
     assert np.all(np.diff(prob) > 0) and prob[-1] == 0.5
 
 
+def test_partial_alignment_targets_the_lines_near_the_cells(one_thread):
+    """Bulk lines in two groups 8 sd apart, cells like the first group only: with
+    ``align_neighbors`` the MMD target is drawn (almost) only from the first group, not half
+    and half; ``0`` keeps all lines alike."""
+    rng = np.random.default_rng(0)
+    centres = np.repeat([[0.0] * 10, [8.0] * 10], 30, axis=0)
+    x_bulk = (centres + rng.normal(size=centres.shape)).astype(np.float32)
+    x_sc = rng.normal(size=(25, 10)).astype(np.float32)
+    y = (x_bulk[:, 1] > x_bulk[:, 1].mean()).astype(np.float32)
+    config = TransferConfig(hidden=(16,), latent_dim=4, pretrain_epochs=3, bulk_epochs=3,
+                            adapt_epochs=1, batch_size=16, align_neighbors=3)
+    model = DrugTransfer(x_bulk, y, x_sc, config=config).fit_bulk()
+    weights = model._alignment_weights()
+    assert weights.sum() == 25 * 3 and weights[:30].sum() >= 0.95 * weights.sum()
+    model.adapt()  # the partial target trains
+    assert np.isfinite(model.history["adapt"]).all()
+    all_lines = DrugTransfer(x_bulk, y, x_sc, config=TransferConfig(align_neighbors=0))
+    assert all_lines._alignment_weights() is None
+
+
 def test_smoothing_averages_within_a_population():
     """Two populations 6 sd apart: smoothing over 10 cells shrinks the noise (by less than
     sqrt(10), since a cell's nearest cells share its noise) and never mixes the populations."""

@@ -26,6 +26,12 @@ bulk encoder rather than from an independently pre-trained autoencoder. Both dom
 standardised per gene, so the copy is already a sensible map into the predictor's latent
 space, and adaptation refines it instead of having MMD alone discover which single-cell
 direction means "sensitive".
+
+A second departure: MMD aligns the cells with the bulk lines nearest them in the bulk model's
+latent space, not with every line (partial domain adaptation, Cao et al. 2018; ``TransferConfig.
+align_neighbors``). A few lines' cells pulled over the spread of hundreds of lines lose their
+order; on 40 GDSC2 drugs outside the benchmark the partial target kept the cells' scores closer
+to what the bulk model says of their own lines (mean Spearman 0.27 vs 0.21).
 """
 
 from __future__ import annotations
@@ -340,6 +346,13 @@ class TransferConfig:
         of the cells' own lines, smoothed cells): weight 0 0.454, 0.05 0.370, 0.25 0.104; no
         adaptation 0.531 (on 40 drugs: 0 0.302, 0.05 0.207, no adaptation 0.303). Aligning a
         few lines' cells with the spread of hundreds of bulk lines scrambles them.
+    align_neighbors
+        Partial alignment (after partial domain adaptation, Cao et al. 2018, ECCV): MMD pulls
+        the cells towards the bulk lines that are among some cell's ``align_neighbors`` nearest
+        lines in the bulk model's latent space (drawn as often as they are hit), not towards
+        every line; ``0`` aligns with all lines, as scDEAL. Transfer fidelity (as above, MMD
+        0.05) on 40 drugs: 5 neighbours 0.274, all lines 0.206 (paired +0.068 ± 0.034 s.e.,
+        better on 25 of 40 drugs); on 12 drugs 0.446 vs 0.418 (20 neighbours 0.432).
     batch_size, lr, weight_decay
         AdamW on minibatches (bulk and single cells drawn side by side).
     """
@@ -354,6 +367,7 @@ class TransferConfig:
     bulk_epochs: int = 40
     adapt_epochs: int = 30
     mmd_weight: float = 0.05
+    align_neighbors: int = 5
     cluster_weight: float = 0.1
     recon_weight: float = 1.0
     batch_size: int = 128
@@ -450,11 +464,13 @@ class DrugTransfer:
         return self
 
     def adapt(self) -> DrugTransfer:
-        """Align the single-cell encoder to the bulk latent space (MMD) while the bulk predictor
-        keeps fitting its labels and the single-cell autoencoder keeps reconstructing."""
+        """Align the single-cell encoder to the bulk latent space (MMD towards the bulk lines
+        nearest the cells, :meth:`_alignment_weights`) while the bulk predictor keeps fitting its
+        labels and the single-cell autoencoder keeps reconstructing."""
         m, cfg = self.module, self.config
         m.sc_encoder.load_state_dict(m.bulk_encoder.state_dict())
         m.sc_decoder.load_state_dict(m.bulk_decoder.state_dict())
+        align_weights = self._alignment_weights()
         # Clusters of the single-cell data itself, as scDEAL (Louvain on the cells).
         self.clusters = _louvain(self.x_sc.numpy(), seed=self.seed)
         clusters = torch.as_tensor(self.clusters)
@@ -470,9 +486,15 @@ class DrugTransfer:
                 xb, xs = self.x_bulk[b], self.x_sc[s]
                 zb, zs = m.bulk_encoder(xb), m.sc_encoder(xs)
                 pred = m.head(zb).squeeze(-1)
+                if align_weights is None:
+                    z_target = zb
+                else:
+                    a = torch.multinomial(align_weights, len(s), replacement=True,
+                                          generator=self.generator)
+                    z_target = m.bulk_encoder(self.x_bulk[a])
                 parts = {
                     "response": self._response_loss(pred, self.y_bulk[b]),
-                    "mmd": mmd(zb, zs),
+                    "mmd": mmd(z_target, zs),
                     "cluster": _cluster_compactness(zs, clusters[s]),
                     "recon": self._recon(m.bulk_encoder, m.bulk_decoder, xb)
                     + self._recon(m.sc_encoder, m.sc_decoder, xs),
@@ -485,6 +507,22 @@ class DrugTransfer:
             self.history["adapt"].append(float(loss.detach()))
         m.eval()
         return self
+
+    @torch.no_grad()
+    def _alignment_weights(self) -> torch.Tensor | None:
+        """Sampling weights of the bulk lines the cells are aligned with: how often each line is
+        among a cell's ``align_neighbors`` nearest lines in the bulk model's latent space
+        (``None``: every line alike)."""
+        k = self.config.align_neighbors
+        if k <= 0:
+            return None
+        m = self.module
+        was_training = m.training
+        m.eval()
+        zb, zs = m.bulk_encoder(self.x_bulk), m.bulk_encoder(self.x_sc)
+        m.train(was_training)
+        nearest = torch.cdist(zs, zb).topk(min(k, len(zb)), dim=1, largest=False).indices
+        return torch.bincount(nearest.flatten(), minlength=len(zb)).float()
 
     # ---- predictions -----------------------------------------------------------------------------
     @torch.no_grad()
