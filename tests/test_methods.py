@@ -213,6 +213,31 @@ def test_mae_batch_mmd_enters_the_loss(counts_adata):
         scssl.SSLModel(counts_adata, method="mae", batch_mmd_weight=-1.0)
 
 
+def test_mae_thinning_shows_the_encoder_a_shallower_cell_and_scores_the_full_one():
+    module = get_method("mae")(20, get_method("mae").Config(thinning=0.5, **SMALL))
+    module.transform.fit_stats([_batch(seed=3).counts])
+    batch = _batch(n_cells=64)
+    batch.x = module.transform(batch.counts)
+    thinned = module.thinned_input(batch)
+    assert torch.all(thinned.counts <= batch.counts)
+    kept = thinned.counts.sum(1) / batch.counts.sum(1)
+    # Each cell keeps a fraction drawn from [0.5, 1]: on average about 0.75, never far below 0.5.
+    assert kept.min() > 0.35 and 0.65 < kept.mean() < 0.85
+    torch.testing.assert_close(thinned.x, module.transform(thinned.counts))
+    # The loss encodes the thinned cell and scores the full cell's values (eval: no dropout).
+    module.eval()
+    batch.generator.manual_seed(7)
+    loss = module.loss(batch).total
+    batch.generator.manual_seed(7)
+    hidden, scored = module.masks(batch)
+    z = module.encoder(module.corrupt(module.thinned_input(batch), hidden))
+    torch.testing.assert_close(loss, module.reconstruction_loss(batch, module.decode(z, None), scored))
+    with pytest.raises(ValueError, match="raw counts"):
+        get_method("mae")(20, get_method("mae").Config(thinning=0.5), input_kind="lognorm")
+    with pytest.raises(ValueError, match="thinning"):
+        get_method("mae").Config(thinning=1.0)
+
+
 def test_two_view_methods_are_batch_aware_exactly_when_given_batches(counts_adata):
     with_batches = scssl.SSLModel(counts_adata, method="vicreg", batch_key="batch", **SMALL).module
     without = scssl.SSLModel(counts_adata, method="vicreg", **SMALL).module

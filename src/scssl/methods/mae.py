@@ -90,6 +90,12 @@ class MAEConfig(MethodConfig):
     batch_mmd_weight
         With a batch key: weight of an MMD penalty between each batch's embeddings and the
         others' (:func:`scssl.losses.batch_mmd`), pulling batches together in the embedding.
+    thinning
+        Raw counts only: the encoder sees each cell binomially thinned, keeping every molecule
+        with a probability drawn per cell from ``[1 - thinning, 1]``, while the loss scores the
+        full cell's masked genes, so the embedding must carry the expression behind a shallower
+        library rather than its sampling noise (0 = off). See ``benchmarks/results/README.md``
+        for its figures on the five standard datasets.
 
     Batch defaults, measured on pbmc_10x_3chemistries_symphony (three chemistries as batches;
     seed 0, 60 epochs; kNN macro-F1 / k-means ARI / Leiden ARI / scIB total): no batch input
@@ -114,6 +120,7 @@ class MAEConfig(MethodConfig):
     mask_prediction_weight: float = 0.0
     batch_decoder: bool = True
     batch_mmd_weight: float = 0.1
+    thinning: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -128,6 +135,8 @@ class MAEConfig(MethodConfig):
             raise ValueError(f"mask_prediction_weight must be ≥ 0, got {self.mask_prediction_weight}")
         if self.batch_mmd_weight < 0:
             raise ValueError(f"batch_mmd_weight must be ≥ 0, got {self.batch_mmd_weight}")
+        if not 0.0 <= self.thinning < 1.0:
+            raise ValueError(f"thinning must be in [0, 1), got {self.thinning}")
         if self.isolated_source is not None and self.masking != "isolated":
             raise ValueError("isolated_source is only used with masking='isolated'")
 
@@ -147,6 +156,8 @@ class MAE(SSLMethod):
         gene_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__(n_genes, config, input_kind, n_batches, gene_names)
+        if config.thinning > 0 and input_kind != "counts":
+            raise ValueError("thinning needs raw counts; this data is log-normalised (set thinning=0)")
         self.n_covariates = n_batches if config.batch_decoder else 0
         widths = [config.latent_dim + self.n_covariates, *reversed(config.hidden)]
         self.decoder = mlp(widths, dropout=0.0, norm=config.norm, last_activation=True)
@@ -258,9 +269,20 @@ class MAE(SSLMethod):
             return nb_nll(batch.counts, mu, theta, mask)
         return zinb_nll(batch.counts, mu, theta, self.dropout_head(hidden).float(), mask)
 
+    def thinned_input(self, batch: Batch) -> Batch:
+        """``batch`` with its input made from binomially thinned counts (each cell keeps each
+        molecule with a probability drawn from [1 - thinning, 1]); the target stays the full cell."""
+        keep = 1.0 - self.config.thinning * torch.rand(
+            batch.counts.shape[0], 1, generator=batch.generator, device=batch.counts.device)
+        counts = torch.binomial(batch.counts.clamp_min(0.0).round(), keep.expand_as(batch.counts),
+                                generator=batch.generator)
+        return Batch(counts=counts, x=self.transform(counts), batch_index=batch.batch_index,
+                     generator=batch.generator)
+
     def loss(self, batch: Batch) -> LossOutput:
         hidden_genes, scored = self.masks(batch)
-        z = self.encoder(self.corrupt(batch, hidden_genes))
+        source = self.thinned_input(batch) if self.config.thinning > 0 else batch
+        z = self.encoder(self.corrupt(source, hidden_genes))
         decoded = self.decode(z, batch.batch_index)
         recon = self.reconstruction_loss(batch, decoded, scored)
         parts = {"reconstruction": recon.detach()}
