@@ -489,9 +489,9 @@ class DrugTransfer:
                 if align_weights is None:
                     z_target = zb
                 else:
-                    a = torch.multinomial(align_weights, len(s), replacement=True,
-                                          generator=self.generator)
-                    z_target = m.bulk_encoder(self.x_bulk[a])
+                    near = torch.multinomial(align_weights, len(s), replacement=True,
+                                             generator=self.generator)
+                    z_target = m.bulk_encoder(self.x_bulk[near])
                 parts = {
                     "response": self._response_loss(pred, self.y_bulk[b]),
                     "mmd": mmd(z_target, zs),
