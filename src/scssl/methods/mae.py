@@ -93,9 +93,9 @@ class MAEConfig(MethodConfig):
     thinning
         Raw counts only: the encoder sees each cell binomially thinned, keeping every molecule
         with a probability drawn per cell from ``[1 - thinning, 1]``, while the loss scores the
-        full cell's masked genes, so the embedding must carry the expression behind a shallower
-        library rather than its sampling noise (0 = off). See ``benchmarks/results/README.md``
-        for its figures on the five standard datasets.
+        full cell's masked genes: denoising of count sampling noise on top of masking (0 = off).
+        Opt-in: on the five standard datasets it gained a little on average, on CITE-seq CBMC
+        it lost (figures in ``benchmarks/results/README.md``).
 
     Batch defaults, measured on pbmc_10x_3chemistries_symphony (three chemistries as batches;
     seed 0, 60 epochs; kNN macro-F1 / k-means ARI / Leiden ARI / scIB total): no batch input
