@@ -67,13 +67,17 @@ def scores(truth: np.ndarray, prob: np.ndarray, call: float = 0.5) -> dict[str, 
             "f1": f1_score(truth, prob >= call, zero_division=0.0)}
 
 
+def sensitivity(output: np.ndarray, binary: bool) -> np.ndarray:
+    """Our model's output as a score that grows with sensitivity: the probability, or minus the
+    predicted ln IC50."""
+    return output if binary else -output
+
+
 def model_scores(truth: np.ndarray, output: np.ndarray, binary: bool,
                  cutoff: float) -> dict[str, float]:
-    """:func:`scores` of our model's output: a probability, or a predicted ln IC50 (scored by
-    its negative, called sensitive below the binarisation ``cutoff``)."""
-    if binary:
-        return scores(truth, output)
-    return scores(truth, -output, call=-cutoff)
+    """:func:`scores` of our model's output (:func:`sensitivity`); a regression calls a cell
+    sensitive below the binarisation ``cutoff``."""
+    return scores(truth, sensitivity(output, binary), call=0.5 if binary else -cutoff)
 
 
 def all_genes(bulk: ad.AnnData, gdsc: pd.DataFrame, cells: ad.AnnData, drug: str,
@@ -143,8 +147,8 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
                 model = DrugTransfer(xtr, (y if binary else cont)[label][tr], xtr[:8], binary,
                                      config, seed)
                 model.fit_bulk()
-                sensitivity = model.predict_bulk_model(xte) * (1 if binary else -1)
-                aucs.append(roc_auc_score(y_abs[te], sensitivity))
+                aucs.append(roc_auc_score(y_abs[te],
+                                          sensitivity(model.predict_bulk_model(xte), binary)))
             rows.append({"drug": drug, "n_response_genes": n_resp, "label": label,
                          "target": target, "cv_auroc": float(np.mean(aucs)),
                          "cv_sd": float(np.std(aucs))})
@@ -226,6 +230,7 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
     line_of_cell = cells.obs["cell_type"].astype(str).map(LINES).to_numpy()
     similarity = None if n_similar_lines is None else line_similarity(bulk, cells)
     rows = []
+    binary = target == "binary"
     for drug in drugs:
         values = response_table(gdsc, drug, "GDSC2")
         labels, cutoff = binarize(values)
@@ -235,7 +240,6 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
             dissimilar_lines(similarity, values.index, n_similar_lines)
         data = prepare(bulk, gdsc, cells, drug, exclude_lines=exclude,
                        smooth_neighbors=smooth_neighbors, target=target)
-        binary = target == "binary"
         sensitive = [k for k, v in truth_line.items() if v]
         print(f"{drug}: cutoff {cutoff:.2f}, sensitive lines {sensitive}, "
               f"{data.n_shared_genes} shared genes ({len(data.genes)} used), "

@@ -100,19 +100,24 @@ class BinomialThinning(Augmentation):
 
     Binomial thinning of counts mimics a shallower library of the same cell, the sampling
     noise of droplet protocols (e.g. scVI's and CLEAR's motivation); unlike zeroing genes it
-    keeps the count distribution valid.
+    keeps the count distribution valid. With ``per_cell_rate`` each cell's rate is drawn
+    uniformly from ``[0, rate]``, so a batch spans depths from the full library down.
     """
 
     on_counts = True
 
-    def __init__(self, rate: float = 0.3, p: float = 1.0) -> None:
+    def __init__(self, rate: float = 0.3, p: float = 1.0, per_cell_rate: bool = False) -> None:
         super().__init__(p)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"thinning rate must be in [0, 1), got {rate}")
-        self.rate = rate
+        self.rate, self.per_cell_rate = rate, per_cell_rate
 
     def transform(self, x, generator):
-        keep = torch.full_like(x, 1.0 - self.rate)
+        if self.per_cell_rate:
+            rate = self.rate * torch.rand(x.shape[0], 1, generator=generator, device=x.device)
+            keep = (1.0 - rate).expand_as(x)
+        else:
+            keep = torch.full_like(x, 1.0 - self.rate)
         return torch.binomial(x.clamp_min(0.0).round(), keep, generator=generator)
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from scssl.augment import random_other_cells
+from scssl.augment import BinomialThinning, random_other_cells
 from scssl.encoders import mlp
 from scssl.losses import batch_mmd, masked_mse, nb_nll, zinb_nll
 from scssl.masking import (
@@ -158,6 +158,7 @@ class MAE(SSLMethod):
         super().__init__(n_genes, config, input_kind, n_batches, gene_names)
         if config.thinning > 0 and input_kind != "counts":
             raise ValueError("thinning needs raw counts; this data is log-normalised (set thinning=0)")
+        self.thin = BinomialThinning(config.thinning, per_cell_rate=True)
         self.n_covariates = n_batches if config.batch_decoder else 0
         widths = [config.latent_dim + self.n_covariates, *reversed(config.hidden)]
         self.decoder = mlp(widths, dropout=0.0, norm=config.norm, last_activation=True)
@@ -272,10 +273,7 @@ class MAE(SSLMethod):
     def thinned_input(self, batch: Batch) -> Batch:
         """``batch`` with its input made from binomially thinned counts (each cell keeps each
         molecule with a probability drawn from [1 - thinning, 1]); the target stays the full cell."""
-        keep = 1.0 - self.config.thinning * torch.rand(
-            batch.counts.shape[0], 1, generator=batch.generator, device=batch.counts.device)
-        counts = torch.binomial(batch.counts.clamp_min(0.0).round(), keep.expand_as(batch.counts),
-                                generator=batch.generator)
+        counts = self.thin(batch.counts, batch.generator)
         return Batch(counts=counts, x=self.transform(counts), batch_index=batch.batch_index,
                      generator=batch.generator)
 
