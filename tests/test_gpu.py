@@ -25,3 +25,14 @@ def test_fit_on_gpu_matches_cpu_quality(counts_adata, method):
     emb = model.embed(counts_adata, device="cuda")
     assert np.isfinite(emb).all()
     assert knn_macro_f1(emb, counts_adata.obs["group"]) > 0.9
+
+
+def test_bench_charges_a_cell_only_the_gpu_memory_it_allocates():
+    from scssl.bench.runner import PeakMemory
+
+    held = torch.zeros(64 * 2**20 // 4, device="cuda")  # 64 MiB kept from an "earlier cell"
+    with PeakMemory() as mem:
+        block = torch.ones(16 * 2**20 // 4, device="cuda")  # 16 MiB allocated inside the block
+        del block
+    assert 15.9 < mem.gpu_peak < 17, mem.gpu_peak
+    del held

@@ -83,7 +83,8 @@ def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 # ---- cost ----------------------------------------------------------------------------------------
 class PeakMemory:
     """Peak resident memory (MiB) of this process while the block runs, sampled every 20 ms;
-    peak CUDA memory too when a GPU is in use."""
+    when a GPU is in use, also the peak CUDA memory the block allocated on top of what was
+    already held when it started (models kept from earlier cells are not charged to it)."""
 
     def __init__(self) -> None:
         self.peak_rss = 0.0
@@ -111,6 +112,7 @@ class PeakMemory:
         self._cuda = torch.cuda.is_available()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
+            self._gpu_held = torch.cuda.memory_allocated()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -122,7 +124,7 @@ class PeakMemory:
         self._thread.join()
         self.peak_rss = max(self.peak_rss, self.rss_mb())
         if self._cuda:
-            self.gpu_peak = torch.cuda.max_memory_allocated() / 2**20
+            self.gpu_peak = (torch.cuda.max_memory_allocated() - self._gpu_held) / 2**20
 
 
 # ---- scoring -------------------------------------------------------------------------------------
