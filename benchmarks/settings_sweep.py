@@ -1,0 +1,130 @@
+"""Sweep SSL settings over the standard datasets: many small trainings in parallel workers.
+
+Each job pre-trains one method with one setting on one dataset and seed, exactly as
+``scssl bench benchmarks/results/standard_cpu.yaml`` would (same preprocessing, 60 epochs, 100 on
+pbmc_3chem, batch 256), embeds every cell and scores it as the results README's "scored outside
+the bench" tables do: 5-fold kNN macro-F1 (fold seed 0, rare types left out), k-means and Leiden
+ARI with k = number of types (clustering seed 0). One JSON line per job goes to ``--out``; a
+table of means over seeds is printed at the end.
+
+Made for a GPU machine with many cores: workers share the GPU for training and use one CPU
+thread each for scoring. On the 2-core CPU machine run one worker (two processes side by side
+train 2-4x slower each there).
+
+    python benchmarks/settings_sweep.py --out sweep.jsonl --workers 14 --budget 230
+    python benchmarks/settings_sweep.py --out sweep.jsonl --settings def do5 --seeds 0 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import time
+from collections import defaultdict
+from pathlib import Path
+
+CONFIG = Path(__file__).resolve().parent / "results" / "standard_cpu.yaml"
+
+# name: (method, method parameters, training overrides, factor on the config's epochs)
+SETTINGS: dict[str, tuple[str, dict, dict, float]] = {
+    "def": ("mae", {}, {}, 1.0),
+    "bn": ("mae", {"norm": "batch"}, {}, 1.0),
+    "nonorm": ("mae", {"norm": None}, {}, 1.0),
+    "ep150": ("mae", {}, {}, 2.5),
+    "bs64": ("mae", {}, {"batch_size": 64}, 1.0),
+    "do5": ("mae", {"dropout": 0.5}, {}, 1.0),
+    "lr3e-4": ("mae", {}, {"lr": 3e-4}, 1.0),
+    "hyb_t05": ("hybrid", {"hidden": [1024, 256], "dropout": 0.3, "temperature": 0.5}, {}, 1.0),
+}
+_prepared: dict = {}  # per worker: dataset name -> scssl.bench.baselines.Prepared
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _job(args: tuple) -> dict | None:
+    try:
+        return _run(*args)
+    except Exception as err:  # one failing setting must not stop the sweep
+        return {"setting": args[0], "dataset": args[1], "seed": args[2], "error": repr(err)[:300]}
+
+
+def _run(setting: str, dataset: str, seed: int, deadline: float, device: str) -> dict | None:
+    if time.time() > deadline:
+        return None
+    import numpy as np
+
+    from scssl.bench.baselines import fit_ssl, prepare
+    from scssl.bench.config import load_config
+    from scssl.bench.runner import scorable
+    from scssl.metrics import cluster_scores, knn_macro_f1
+
+    config = load_config(CONFIG)
+    if dataset not in _prepared:
+        _prepared[dataset] = prepare(next(d for d in config.datasets if d.name == dataset))
+    prep = _prepared[dataset]
+    method, params, train, epoch_factor = SETTINGS[setting]
+    config.epochs = round((100 if "3chem" in dataset else config.epochs) * epoch_factor)
+    config.device = device
+    config.batch_size = train.get("batch_size", config.batch_size)
+    config.train_options = {**config.train_options, **{k: v for k, v in train.items() if k != "batch_size"}}
+    config.method_params[method] = {**config.method_params.get(method, {}), **params}
+    model, train_seconds = fit_ssl(method, prep.counts, seed, config)
+    z = np.asarray(model.embed(device=device), np.float32)
+    labels = np.asarray(prep.labels)
+    keep = scorable(labels)
+    scores = {"knn_f1": knn_macro_f1(z[keep], labels[keep]), **cluster_scores(z, labels, seed=0)}
+    return {"setting": setting, "dataset": dataset, "seed": seed, "train_s": round(train_seconds, 1),
+            "epochs": len(model.history), **{k: round(v, 4) for k, v in scores.items()}}
+
+
+def summarise(rows: list[dict]) -> str:
+    """Mean kNN F1 / k-means ARI / Leiden ARI per setting and dataset over the seeds present,
+    and each setting's mean over its cells."""
+    cells = defaultdict(list)
+    for r in rows:
+        if "error" not in r:
+            cells[r["setting"], r["dataset"]].append((r["knn_f1"], r["kmeans_ari"], r["leiden_ari"]))
+    lines, per_setting = [], defaultdict(list)
+    for (setting, dataset), scores in cells.items():
+        means = [sum(v) / len(v) for v in zip(*scores)]
+        per_setting[setting] += means
+        lines.append(f"{setting:10} {dataset:32} seeds {len(scores)}  " + " / ".join(f"{m:.3f}" for m in means))
+    lines += [f"{setting:10} mean of its cells {sum(v) / len(v):.3f}" for setting, v in per_setting.items()]
+    return "\n".join(sorted(lines[: len(cells)]) + lines[len(cells):])
+
+
+def main() -> None:
+    from scssl.bench.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="JSON-lines file (appended to)")
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--datasets", nargs="+", default=[d.name for d in load_config(CONFIG).datasets])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=float("inf"),
+                        help="seconds after which no new job starts (running ones finish)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+
+    deadline = time.time() + args.budget
+    # seeds outermost, so a sweep cut short by its budget still compares every setting
+    jobs = [(s, d, seed, deadline, args.device) for seed in args.seeds for s in args.settings for d in args.datasets]
+    rows = []
+    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker) as pool, open(args.out, "a") as fh:
+        for row in pool.imap_unordered(_job, jobs):
+            if row is not None:
+                rows.append(row)
+                fh.write(json.dumps(row) + "\n")
+                fh.flush()
+                print(json.dumps(row), flush=True)
+    print(summarise(rows))
+
+
+if __name__ == "__main__":
+    main()
