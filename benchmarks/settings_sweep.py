@@ -71,15 +71,17 @@ def _run(setting: str, dataset: str, seed: int, deadline: float, device: str) ->
     config.epochs = round((100 if "3chem" in dataset else config.epochs) * epoch_factor)
     config.device = device
     config.batch_size = train.get("batch_size", config.batch_size)
-    config.train_options = {**config.train_options, **{k: v for k, v in train.items() if k != "batch_size"}}
+    optimiser = {k: v for k, v in train.items() if k != "batch_size"}
+    config.train_options = {**config.train_options, **optimiser}
     config.method_params[method] = {**config.method_params.get(method, {}), **params}
     model, train_seconds = fit_ssl(method, prep.counts, seed, config)
     z = np.asarray(model.embed(device=device), np.float32)
     labels = np.asarray(prep.labels)
     keep = scorable(labels)
     scores = {"knn_f1": knn_macro_f1(z[keep], labels[keep]), **cluster_scores(z, labels, seed=0)}
-    return {"setting": setting, "dataset": dataset, "seed": seed, "train_s": round(train_seconds, 1),
-            "epochs": len(model.history), **{k: round(v, 4) for k, v in scores.items()}}
+    return {"setting": setting, "dataset": dataset, "seed": seed,
+            "train_s": round(train_seconds, 1), "epochs": len(model.history),
+            **{k: round(v, 4) for k, v in scores.items()}}
 
 
 def summarise(rows: list[dict]) -> str:
@@ -88,13 +90,16 @@ def summarise(rows: list[dict]) -> str:
     cells = defaultdict(list)
     for r in rows:
         if "error" not in r:
-            cells[r["setting"], r["dataset"]].append((r["knn_f1"], r["kmeans_ari"], r["leiden_ari"]))
+            scores = (r["knn_f1"], r["kmeans_ari"], r["leiden_ari"])
+            cells[r["setting"], r["dataset"]].append(scores)
     lines, per_setting = [], defaultdict(list)
     for (setting, dataset), scores in cells.items():
-        means = [sum(v) / len(v) for v in zip(*scores)]
+        means = [sum(v) / len(v) for v in zip(*scores, strict=True)]
         per_setting[setting] += means
-        lines.append(f"{setting:10} {dataset:32} seeds {len(scores)}  " + " / ".join(f"{m:.3f}" for m in means))
-    lines += [f"{setting:10} mean of its cells {sum(v) / len(v):.3f}" for setting, v in per_setting.items()]
+        shown = " / ".join(f"{m:.3f}" for m in means)
+        lines.append(f"{setting:10} {dataset:32} seeds {len(scores)}  {shown}")
+    lines += [f"{setting:10} mean of its cells {sum(v) / len(v):.3f}"
+              for setting, v in per_setting.items()]
     return "\n".join(sorted(lines[: len(cells)]) + lines[len(cells):])
 
 
@@ -104,7 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON-lines file (appended to)")
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
-    parser.add_argument("--datasets", nargs="+", default=[d.name for d in load_config(CONFIG).datasets])
+    parser.add_argument("--datasets", nargs="+",
+                        default=[d.name for d in load_config(CONFIG).datasets])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--budget", type=float, default=float("inf"),
@@ -114,9 +120,11 @@ def main() -> None:
 
     deadline = time.time() + args.budget
     # seeds outermost, so a sweep cut short by its budget still compares every setting
-    jobs = [(s, d, seed, deadline, args.device) for seed in args.seeds for s in args.settings for d in args.datasets]
+    jobs = [(setting, dataset, seed, deadline, args.device)
+            for seed in args.seeds for setting in args.settings for dataset in args.datasets]
     rows = []
-    with mp.get_context("spawn").Pool(args.workers, initializer=_init_worker) as pool, open(args.out, "a") as fh:
+    pool = mp.get_context("spawn").Pool(args.workers, initializer=_init_worker)
+    with pool, open(args.out, "a") as fh:
         for row in pool.imap_unordered(_job, jobs):
             if row is not None:
                 rows.append(row)
