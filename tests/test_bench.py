@@ -295,3 +295,18 @@ def test_report_marks_the_best_method_but_not_reference_columns():
     html = _table(summarise(df), "d", ["mae", "vicreg"])
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", html)  # per row: overall, Recon r, gene means
     assert cells == ["", "0.700 ★", "0.500", "", "0.600", "0.550"]
+
+
+def test_report_names_seed_counts_when_methods_ran_different_numbers_of_seeds():
+    from scssl.bench.report import _table, _verdict, summarise
+
+    rows = [("mae", s, 0.80 + s / 100) for s in range(3)] + [("hybrid", 0, 0.9), ("pca", 0, 0.7),
+                                                             ("pca", 1, 0.7), ("pca", 2, 0.7)]
+    df = pd.DataFrame([{"dataset": "d", "method": m, "seed": s, "task": "knn", "metric": "macro_f1",
+                        "value": v} for m, s, v in rows])
+    summary = summarise(df)
+    verdict = _verdict(summary, "d")
+    assert verdict.startswith("<b>hybrid (1 seed)</b> wins") and "mae (3 seeds)" in verdict
+    assert "<th class=\"ssl\">hybrid (1 seed)</th>" in _table(summary, "d", ["mae", "hybrid", "pca"])
+    same = summarise(df[df.method != "hybrid"])
+    assert "seed" not in _verdict(same, "d") and "<b>mae</b> wins" in _verdict(same, "d")

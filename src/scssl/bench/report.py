@@ -86,6 +86,15 @@ def overall_scores(summary: pd.DataFrame, dataset: str) -> pd.Series:
     return wide.mean(axis=1).sort_values(ascending=False)
 
 
+def _seed_labels(summary: pd.DataFrame, dataset: str) -> dict[str, str]:
+    """Per method: its name, with its number of seeds when the dataset's methods ran different
+    numbers of seeds (a one-seed mean ranked beside three-seed means is less certain)."""
+    seeds = summary[summary.dataset == dataset].groupby("method")["count"].max()
+    if seeds.nunique() <= 1:
+        return {m: html.escape(m) for m in seeds.index}
+    return {m: f"{html.escape(m)} ({n} seed{'s' if n > 1 else ''})" for m, n in seeds.items()}
+
+
 def _fmt(mean: float, sd: float, n: int, metric: tuple[str, str]) -> str:
     big = metric in COST
     m = f"{mean:,.0f}" if big and abs(mean) >= 100 else (f"{mean:.1f}" if big else f"{mean:.3f}")
@@ -98,6 +107,7 @@ def _table(summary: pd.DataFrame, dataset: str, methods: list[str]) -> str:
     sub = summary[summary.dataset == dataset]
     columns = [k for k in list(QUALITY) + list(COST) if ((sub.task == k[0]) & (sub.metric == k[1])).any()]
     overall = overall_scores(summary, dataset)
+    label = _seed_labels(summary, dataset)
     head = "".join(f"<th>{html.escape(({**QUALITY, **COST})[c])}</th>" for c in columns)
     best = {}
     for c in columns:
@@ -121,7 +131,7 @@ def _table(summary: pd.DataFrame, dataset: str, methods: list[str]) -> str:
             mark = best.get(c) == method
             cells.append(f'<td class="{"best" if mark else ""}">{_fmt(r["mean"], r["std"], int(r["count"]), c)}{" ★" if mark else ""}</td>')
         kind = "baseline" if method in BASELINE_NAMES else "ssl"
-        lines.append(f'<tr><th class="{kind}">{html.escape(method)}</th>{"".join(cells)}</tr>')
+        lines.append(f'<tr><th class="{kind}">{label[method]}</th>{"".join(cells)}</tr>')
     return (f'<table class="scores"><thead><tr><th>method</th><th>overall</th>{head}</tr></thead>'
             f'<tbody>{"".join(lines)}</tbody></table>')
 
@@ -129,23 +139,24 @@ def _table(summary: pd.DataFrame, dataset: str, methods: list[str]) -> str:
 def _verdict(summary: pd.DataFrame, dataset: str) -> str:
     overall = overall_scores(summary, dataset)
     sub = summary[summary.dataset == dataset]
+    label = _seed_labels(summary, dataset)
     parts = []
     if len(overall) >= 2:
         win, second = overall.index[0], overall.index[1]
         gap = overall.iloc[0] - overall.iloc[1]
-        text = (f"<b>{html.escape(win)}</b> wins with an overall score of {overall.iloc[0]:.3f}, "
-                f"{gap:+.3f} ahead of {html.escape(second)} ({overall.iloc[1]:.3f})")
+        text = (f"<b>{label[win]}</b> wins with an overall score of {overall.iloc[0]:.3f}, "
+                f"{gap:+.3f} ahead of {label[second]} ({overall.iloc[1]:.3f})")
         if "pca" in overall and "pca" not in (win, second):
             text += f" and {overall.iloc[0] - overall['pca']:+.3f} ahead of PCA ({overall['pca']:.3f})"
         parts.append(text + ".")
         ssl = [m for m in overall.index if m not in BASELINE_NAMES]
         base = [m for m in overall.index if m in BASELINE_NAMES]
         if ssl and base and win not in ssl:
-            parts.append(f"The best SSL method, {html.escape(ssl[0])} ({overall[ssl[0]]:.3f}), trails the best "
-                         f"baseline {html.escape(base[0])} by {overall[base[0]] - overall[ssl[0]]:.3f}.")
+            parts.append(f"The best SSL method, {label[ssl[0]]} ({overall[ssl[0]]:.3f}), trails the best "
+                         f"baseline {label[base[0]]} by {overall[base[0]] - overall[ssl[0]]:.3f}.")
     knn = sub[(sub.task == "knn") & (sub.metric == "macro_f1")].set_index("method")["mean"]
     if len(knn) > 1:
-        parts.append(f"Best kNN macro-F1: {html.escape(knn.idxmax())} ({knn.max():.3f}).")
+        parts.append(f"Best kNN macro-F1: {label[knn.idxmax()]} ({knn.max():.3f}).")
     sup = sub[(sub.method == "logreg") & (sub.task == "annotation") & (sub.metric == "macro_f1")]
     if not sup.empty:
         parts.append(f"Supervised reference (logistic regression on HVGs): macro-F1 {sup['mean'].iloc[0]:.3f}.")
