@@ -152,8 +152,9 @@ def _verdict(summary: pd.DataFrame, dataset: str) -> str:
         ssl = [m for m in overall.index if m not in BASELINE_NAMES]
         base = [m for m in overall.index if m in BASELINE_NAMES]
         if ssl and base and win not in ssl:
-            parts.append(f"The best SSL method, {label[ssl[0]]} ({overall[ssl[0]]:.3f}), trails the best "
-                         f"baseline {label[base[0]]} by {overall[base[0]] - overall[ssl[0]]:.3f}.")
+            parts.append(f"The best SSL method, {label[ssl[0]]} ({overall[ssl[0]]:.3f}), trails "
+                         f"the best baseline {label[base[0]]} by "
+                         f"{overall[base[0]] - overall[ssl[0]]:.3f}.")
     knn = sub[(sub.task == "knn") & (sub.metric == "macro_f1")].set_index("method")["mean"]
     if len(knn) > 1:
         parts.append(f"Best kNN macro-F1: {label[knn.idxmax()]} ({knn.max():.3f}).")
