@@ -92,15 +92,15 @@ def summarise(rows: list[dict]) -> str:
         if "error" not in r:
             scores = (r["knn_f1"], r["kmeans_ari"], r["leiden_ari"])
             cells[r["setting"], r["dataset"]].append(scores)
-    lines, per_setting = [], defaultdict(list)
+    cell_lines, per_setting = [], defaultdict(list)
     for (setting, dataset), scores in cells.items():
         means = [sum(v) / len(v) for v in zip(*scores, strict=True)]
         per_setting[setting] += means
         shown = " / ".join(f"{m:.3f}" for m in means)
-        lines.append(f"{setting:10} {dataset:32} seeds {len(scores)}  {shown}")
-    lines += [f"{setting:10} mean of its cells {sum(v) / len(v):.3f}"
-              for setting, v in per_setting.items()]
-    return "\n".join(sorted(lines[: len(cells)]) + lines[len(cells):])
+        cell_lines.append(f"{setting:10} {dataset:32} seeds {len(scores)}  {shown}")
+    mean_lines = [f"{setting:10} mean of its cells {sum(v) / len(v):.3f}"
+                  for setting, v in per_setting.items()]
+    return "\n".join(sorted(cell_lines) + mean_lines)
 
 
 def main() -> None:
