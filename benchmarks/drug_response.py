@@ -120,7 +120,7 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
             n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
     """Model selection without the single cells: k-fold AUROC of the bulk model on held-out
     GDSC2 lines (the three test lines never enter). Settings are (response genes, label,
-    target). Genes are selected inside each fold from its training lines; held-out lines are
+    target); label ``"auc"`` is the drug's absolute AUC instead of its ln IC50. Genes are selected inside each fold from its training lines; held-out lines are
     always scored against the *absolute* binary label (the truth the cells are scored against),
     whichever label and target the model was trained on (a regression by minus its output)."""
     from sklearn.model_selection import StratifiedKFold
@@ -130,12 +130,14 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
     for drug in drugs:
         full = all_genes(bulk, gdsc, cells, drug, LINES.values())
         rel = relative_response_table(gdsc, drug)
+        auc = response_table(gdsc, drug, metric="auc")
         lines = np.array(full.bulk_lines)
-        ok = np.isin(lines, rel.index)  # same lines for both labels
+        ok = np.isin(lines, rel.index) & np.isin(lines, auc.index)  # same lines for all labels
         x, y_abs, lines = full.x_bulk[ok], full.y_bulk[ok], lines[ok]
         cont = {"absolute": response_table(gdsc, drug).loc[lines].to_numpy(),
-                "relative": rel.loc[lines].to_numpy()}
-        y = {"absolute": y_abs, "relative": binarize(rel)[0].loc[lines].to_numpy(np.float32)}
+                "relative": rel.loc[lines].to_numpy(), "auc": auc.loc[lines].to_numpy()}
+        y = {"absolute": y_abs, "relative": binarize(rel)[0].loc[lines].to_numpy(np.float32),
+             "auc": binarize(auc)[0].loc[lines].to_numpy(np.float32)}
         folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
         for n_resp, label, target in settings:
             binary = target == "binary"
@@ -329,10 +331,10 @@ def cv_setting(text: str) -> tuple[int, str, str]:
     """``N:LABEL[:TARGET]`` → (response genes, label, target); target defaults to binary."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0].isdigit() \
-            or parts[1] not in ("absolute", "relative") \
+            or parts[1] not in ("absolute", "relative", "auc") \
             or parts[2:] not in ([], ["binary"], ["continuous"]):
         raise SystemExit(f"--cv {text!r}: expected N:LABEL[:TARGET], e.g. 200:absolute or "
-                         "200:absolute:continuous (LABEL absolute|relative, TARGET "
+                         "200:absolute:continuous (LABEL absolute|relative|auc, TARGET "
                          "binary|continuous)")
     return int(parts[0]), parts[1], parts[2] if len(parts) == 3 else "binary"
 
