@@ -120,9 +120,10 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
             n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
     """Model selection without the single cells: k-fold AUROC of the bulk model on held-out
     GDSC2 lines (the three test lines never enter). Settings are (response genes, label,
-    target); label ``"auc"`` is the drug's absolute AUC instead of its ln IC50. Genes are selected inside each fold from its training lines; held-out lines are
-    always scored against the *absolute* binary label (the truth the cells are scored against),
-    whichever label and target the model was trained on (a regression by minus its output)."""
+    target); label ``"auc"`` is the drug's absolute AUC instead of its ln IC50. Genes are
+    selected inside each fold from its training lines; held-out lines are always scored
+    against the *absolute* binary label (the truth the cells are scored against), whichever
+    label and target the model was trained on (a regression by minus its output)."""
     from sklearn.model_selection import StratifiedKFold
 
     bulk, gdsc, cells = load()
