@@ -130,15 +130,14 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
     rows = []
     for drug in drugs:
         full = all_genes(bulk, gdsc, cells, drug, LINES.values())
-        rel = relative_response_table(gdsc, drug)
-        auc = response_table(gdsc, drug, metric="auc")
+        tables = {"absolute": response_table(gdsc, drug),
+                  "relative": relative_response_table(gdsc, drug),
+                  "auc": response_table(gdsc, drug, metric="auc")}
         lines = np.array(full.bulk_lines)
-        ok = np.isin(lines, rel.index) & np.isin(lines, auc.index)  # same lines for all labels
-        x, y_abs, lines = full.x_bulk[ok], full.y_bulk[ok], lines[ok]
-        cont = {"absolute": response_table(gdsc, drug).loc[lines].to_numpy(),
-                "relative": rel.loc[lines].to_numpy(), "auc": auc.loc[lines].to_numpy()}
-        y = {"absolute": y_abs, "relative": binarize(rel)[0].loc[lines].to_numpy(np.float32),
-             "auc": binarize(auc)[0].loc[lines].to_numpy(np.float32)}
+        ok = np.logical_and.reduce([np.isin(lines, t.index) for t in tables.values()])
+        x, y_abs, lines = full.x_bulk[ok], full.y_bulk[ok], lines[ok]  # same lines for all labels
+        cont = {label: t.loc[lines].to_numpy() for label, t in tables.items()}
+        y = {label: binarize(t)[0].loc[lines].to_numpy(np.float32) for label, t in tables.items()}
         folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
         for n_resp, label, target in settings:
             binary = target == "binary"
