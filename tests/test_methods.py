@@ -46,6 +46,7 @@ def test_smoke_fit_embed_save_load(name, counts_adata, tmp_path):
     ("vicreg", {"batch_aware": True, "augmentations": {"binomial_thinning": {"rate": 0.3}, "gene_swap": {},
                                                        "crossover": {}, "gene_mask": {"ratio": 0.2}}}),
     ("mae", {"masking": "isolated", "mask_prediction_weight": 0.5}),
+    ("mae", {"variational_weight": 1.0}),  # the embedding is the posterior mean: reproducible
 ])
 def test_variants_fit_and_round_trip(name, options, counts_adata, tmp_path):
     model = scssl.SSLModel(counts_adata, method=name, batch_key="batch", **SMALL, **options)
@@ -211,6 +212,26 @@ def test_mae_batch_mmd_enters_the_loss(counts_adata):
     torch.testing.assert_close(out.total, out.parts["reconstruction"] + 2.0 * out.parts["batch_mmd"])
     with pytest.raises(ValueError, match="batch_mmd_weight"):
         scssl.SSLModel(counts_adata, method="mae", batch_mmd_weight=-1.0)
+
+
+def test_mae_variational_bottleneck_adds_a_kl_term_and_embeds_the_mean():
+    config = get_method("mae").Config(variational_weight=0.5, **SMALL)
+    module = get_method("mae")(20, config)
+    torch.nn.init.zeros_(module.log_variance.weight)
+    torch.nn.init.zeros_(module.log_variance.bias)
+    # Standard-normal posterior: no divergence; the draw is the mean plus unit noise.
+    at_prior, kl = module.sample_posterior(torch.zeros(64, 8), torch.Generator().manual_seed(0))
+    assert kl.item() == 0.0 and 0.8 < at_prior.std().item() < 1.2
+    _, kl_shifted = module.sample_posterior(torch.full((64, 8), 2.0), None)
+    torch.testing.assert_close(kl_shifted, torch.tensor(0.5 * 8 * 4.0 / 20))
+    module.transform.fit_stats([_batch(seed=3).counts])
+    batch = _batch()
+    batch.x = module.transform(batch.counts)
+    out = module.loss(batch)
+    assert set(out.parts) == {"kl", "reconstruction"} and out.parts["kl"] > 0
+    torch.testing.assert_close(out.total, out.parts["reconstruction"] + 0.5 * out.parts["kl"])
+    with pytest.raises(ValueError, match="variational_weight"):
+        get_method("mae").Config(variational_weight=-1.0)
 
 
 def test_mae_thinning_shows_the_encoder_a_shallower_cell_and_scores_the_full_one():

@@ -96,6 +96,12 @@ class MAEConfig(MethodConfig):
         full cell's masked genes: denoising of count sampling noise on top of masking (0 = off).
         Opt-in: on the five standard datasets it gained a little on average, on CITE-seq CBMC
         it lost (figures in ``benchmarks/results/README.md``).
+    variational_weight
+        Weight of a variational bottleneck (as in scVI): the decoder sees a draw from
+        N(embedding, σ²), σ² predicted from the embedding, and the loss adds this weight times
+        the KL divergence to N(0, I) per cell, divided by the number of genes. The embedding
+        stays the posterior mean. 0 = off. Opt-in: at 1.0 it raised Leiden ARI on pbmc4k and
+        worm and lowered pbmc3k and CBMC (figures in ``benchmarks/results/README.md``).
 
     Batch defaults, measured on pbmc_10x_3chemistries_symphony (three chemistries as batches;
     seed 0, 60 epochs; kNN macro-F1 / k-means ARI / Leiden ARI / scIB total): no batch input
@@ -121,6 +127,7 @@ class MAEConfig(MethodConfig):
     batch_decoder: bool = True
     batch_mmd_weight: float = 0.1
     thinning: float = 0.0
+    variational_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
@@ -137,6 +144,8 @@ class MAEConfig(MethodConfig):
             raise ValueError(f"batch_mmd_weight must be ≥ 0, got {self.batch_mmd_weight}")
         if not 0.0 <= self.thinning < 1.0:
             raise ValueError(f"thinning must be in [0, 1), got {self.thinning}")
+        if self.variational_weight < 0:
+            raise ValueError(f"variational_weight must be ≥ 0, got {self.variational_weight}")
         if self.isolated_source is not None and self.masking != "isolated":
             raise ValueError("isolated_source is only used with masking='isolated'")
 
@@ -169,6 +178,8 @@ class MAE(SSLMethod):
             self.dropout_head = nn.Linear(widths[-1], n_genes)
         if config.mask_prediction_weight > 0:
             self.mask_head = nn.Linear(widths[-1], n_genes)
+        if config.variational_weight > 0:
+            self.log_variance = nn.Linear(config.latent_dim, config.latent_dim)
         self.source_set: int | None = None
         if config.masking != "random":
             self._init_programmes(n_genes, config)
@@ -281,10 +292,16 @@ class MAE(SSLMethod):
         hidden_genes, scored = self.masks(batch)
         source = self.thinned_input(batch) if self.config.thinning > 0 else batch
         z = self.encoder(self.corrupt(source, hidden_genes))
+        parts: dict[str, torch.Tensor] = {}
+        total = z.new_zeros((), dtype=torch.float32)
+        if self.config.variational_weight > 0:
+            z, kl = self.sample_posterior(z, batch.generator)
+            total = total + self.config.variational_weight * kl
+            parts["kl"] = kl.detach()
         decoded = self.decode(z, batch.batch_index)
         recon = self.reconstruction_loss(batch, decoded, scored)
-        parts = {"reconstruction": recon.detach()}
-        total = recon
+        parts["reconstruction"] = recon.detach()
+        total = total + recon
         if self.config.batch_mmd_weight > 0 and batch.batch_index is not None and self.n_batches > 1:
             alignment = batch_mmd(z.float(), batch.batch_index, self.n_batches)
             total = total + self.config.batch_mmd_weight * alignment
@@ -295,6 +312,18 @@ class MAE(SSLMethod):
             total = total + self.config.mask_prediction_weight * mask_loss
             parts["mask_prediction"] = mask_loss.detach()
         return LossOutput(total=total, parts=parts)
+
+    def sample_posterior(
+        self, mean: torch.Tensor, generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A draw from N(mean, σ²) with σ² predicted from the mean, and the KL divergence to
+        N(0, I) per cell, summed over dimensions and divided by the number of genes (so that it
+        sits on the per-gene scale of the reconstruction loss)."""
+        log_var = self.log_variance(mean).float().clamp(-10.0, 10.0)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device)
+        mean = mean.float()
+        kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(1).mean() / self.n_genes
+        return mean + (0.5 * log_var).exp() * noise, kl
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
