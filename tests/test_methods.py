@@ -214,7 +214,7 @@ def test_mae_batch_mmd_enters_the_loss(counts_adata):
         scssl.SSLModel(counts_adata, method="mae", batch_mmd_weight=-1.0)
 
 
-def test_mae_variational_bottleneck_adds_a_kl_term_and_embeds_the_mean():
+def test_mae_variational_bottleneck_adds_a_kl_term():
     config = get_method("mae").Config(variational_weight=0.5, **SMALL)
     module = get_method("mae")(20, config)
     torch.nn.init.zeros_(module.log_variance.weight)
