@@ -5,7 +5,9 @@ import pytest
 import torch
 from scipy import stats
 
-from scssl.losses import batch_mmd, masked_mse, mmd, nb_log_prob, nb_nll, nt_xent, zinb_log_prob, zinb_nll
+from scssl.losses import (
+    batch_mmd, gaussian_kl, masked_mse, mmd, nb_log_prob, nb_nll, nt_xent, zinb_log_prob, zinb_nll,
+)
 
 
 def test_masked_mse_hand_computed():
@@ -108,3 +110,10 @@ def test_batch_mmd_zero_for_identical_batches_and_grows_with_a_batch_shift():
     assert batch_mmd(same, codes, 2).item() == pytest.approx(0.0, abs=1e-6)
     shifted = torch.cat([z, z + 1.0])
     assert batch_mmd(shifted, codes, 2).item() > 0.05
+
+
+def test_gaussian_kl_is_zero_at_the_prior_and_matches_the_closed_form():
+    assert gaussian_kl(torch.zeros(5, 3), torch.zeros(5, 3)).item() == 0.0
+    mean, log_var = torch.full((4, 2), 1.0), torch.full((4, 2), math.log(2.0))
+    # Per dimension: (mean² + var - 1 - log var) / 2 = (1 + 2 - 1 - log 2) / 2; two dimensions.
+    torch.testing.assert_close(gaussian_kl(mean, log_var), torch.tensor(2.0 - math.log(2.0)))

@@ -196,6 +196,12 @@ def gaussian_kernels(
     return sum(torch.exp(-sq / (scale * b)) for b in bandwidths)
 
 
+def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL divergence of N(mean, exp(log_var)) from N(0, I), summed over dimensions and averaged
+    over cells (the VAE regulariser, Kingma & Welling 2014)."""
+    return 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(1).mean()
+
+
 def batch_mmd(z: torch.Tensor, batch_index: torch.Tensor, n_batches: int) -> torch.Tensor:
     """Mean over batches of the squared MMD between one batch's embeddings and all others'.
 

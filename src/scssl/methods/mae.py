@@ -24,7 +24,7 @@ from torch import nn
 
 from scssl.augment import BinomialThinning, random_other_cells
 from scssl.encoders import mlp
-from scssl.losses import batch_mmd, masked_mse, nb_nll, zinb_nll
+from scssl.losses import batch_mmd, gaussian_kl, masked_mse, nb_nll, zinb_nll
 from scssl.masking import (
     coexpression_modules, isolated_masks, membership_matrix, programme_mask, random_mask, read_gmt,
 )
@@ -292,8 +292,8 @@ class MAE(SSLMethod):
         hidden_genes, scored = self.masks(batch)
         source = self.thinned_input(batch) if self.config.thinning > 0 else batch
         z = self.encoder(self.corrupt(source, hidden_genes))
-        variational = self.config.variational_weight > 0
-        drawn, kl = self.sample_posterior(z, batch.generator) if variational else (z, None)
+        drawn, kl = (self.sample_posterior(z, batch.generator) if self.config.variational_weight > 0
+                     else (z, None))
         decoded = self.decode(drawn, batch.batch_index)
         recon = self.reconstruction_loss(batch, decoded, scored)
         parts = {"reconstruction": recon.detach()}
@@ -322,8 +322,7 @@ class MAE(SSLMethod):
         log_var = self.log_variance(mean).float().clamp(-10.0, 10.0)
         noise = torch.randn(mean.shape, generator=generator, device=mean.device)
         mean = mean.float()
-        kl = 0.5 * (mean.square() + log_var.exp() - 1.0 - log_var).sum(1).mean() / self.n_genes
-        return mean + (0.5 * log_var).exp() * noise, kl
+        return mean + (0.5 * log_var).exp() * noise, gaussian_kl(mean, log_var) / self.n_genes
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, batch_index: torch.Tensor | None = None) -> torch.Tensor:
