@@ -45,8 +45,12 @@ _prepared: dict = {}  # per worker: dataset name -> scssl.bench.baselines.Prepar
 
 
 def _init_worker() -> None:
+    import os
+
     import torch
 
+    # Trainer.fit keeps torch at OMP_NUM_THREADS, which scanpy's scoring would otherwise raise.
+    os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
 

@@ -257,7 +257,8 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=None, help="embedding width (default: the method's)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # Trainer.fit keeps torch at this count
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     warnings.filterwarnings("ignore")
     methods = [*args.methods, "pca"]
     start = time.perf_counter()

@@ -148,3 +148,34 @@ def test_lognorm_input_trains_with_mse(counts_adata):
     lognorm.X = np.log1p(lognorm.X.toarray())
     emb = scssl.SSLModel(lognorm, hidden=(32,), latent_dim=4).fit(**FAST).embed()
     assert np.isfinite(emb).all()
+
+
+def test_training_uses_the_thread_count_asked_for(counts_adata, monkeypatch):
+    """scanpy's numba kernels reset torch's OpenMP pool to every CPU (OMP_NUM_THREADS ignored);
+    training must run on num_threads, else OMP_NUM_THREADS, and restore the count it found."""
+    seen: list[int] = []
+    lr_factor = Trainer._lr_factor
+
+    def spy(self, *args):
+        seen.append(torch.get_num_threads())
+        return lr_factor(self, *args)
+
+    monkeypatch.setattr(Trainer, "_lr_factor", spy)
+    model = scssl.SSLModel(counts_adata, hidden=(16,), latent_dim=4)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)  # what scanpy leaves behind on a 2-CPU machine
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        model.fit(max_epochs=1, progress=False)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        model.fit(max_epochs=1, progress=False, num_threads=3)
+        assert set(seen) == {3} and torch.get_num_threads() == 2
+        seen.clear()
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        model.fit(max_epochs=1, progress=False)
+        assert set(seen) == {2}
+        with pytest.raises(ValueError, match="num_threads"):
+            model.fit(max_epochs=1, progress=False, num_threads=0)
+    finally:
+        torch.set_num_threads(previous)

@@ -29,6 +29,7 @@ from sklearn.metrics import f1_score
 from sklearn.model_selection import StratifiedKFold
 
 from scssl.bench.config import BenchConfig, DatasetSpec
+from scssl.train import cpu_threads
 
 log = logging.getLogger("scssl.bench")
 
@@ -229,10 +230,11 @@ def run_scvi(prep: Prepared, seed: int, config: BenchConfig) -> MethodOutput:
     scvi.model.SCVI.setup_anndata(adata, batch_key="batch" if prep.batches is not None else None)
     model = scvi.model.SCVI(adata, n_latent=10)
     train_start = time.perf_counter()
-    model.train(max_epochs=config.scvi_max_epochs, early_stopping=True, accelerator="gpu" if gpu else "cpu",
-                devices=1, enable_progress_bar=False, batch_size=128)
-    train_seconds = time.perf_counter() - train_start
-    z = np.asarray(model.get_latent_representation(), np.float32)
+    with cpu_threads():  # the same thread count as the SSL methods' Trainer
+        model.train(max_epochs=config.scvi_max_epochs, early_stopping=True, batch_size=128,
+                    accelerator="gpu" if gpu else "cpu", devices=1, enable_progress_bar=False)
+        train_seconds = time.perf_counter() - train_start
+        z = np.asarray(model.get_latent_representation(), np.float32)
     epochs = len(model.history["elbo_train"]) if "elbo_train" in model.history else None
     return MethodOutput(embedding=z, seconds=prep.seconds["hvg"] + time.perf_counter() - start,
                         train_seconds=train_seconds, epochs=epochs, notes={"train_cells": int(adata.n_obs * 0.9)})

@@ -21,6 +21,7 @@ from torch import nn
 
 from scssl.model import SSLModel
 from scssl.tl._utils import get_labels, model_inputs, stratified_split
+from scssl.train import cpu_threads
 
 UNKNOWN = "unknown"
 _MIN_STEPS = 300
@@ -218,6 +219,7 @@ def _embed(module, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
     return torch.cat([module.embed(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
 
 
+@cpu_threads()
 def _train_head(module, x, y, n_classes, *, finetune, epochs, lr, batch_size, weight_decay, seed) -> nn.Linear:
     """A linear head on the encoder (frozen, or trained at lr/10); class-weighted cross-entropy."""
     generator = torch.Generator().manual_seed(seed)

@@ -54,6 +54,7 @@ from torch import nn
 
 from scssl.encoders import MLPEncoder, mlp
 from scssl.losses import masked_mse, mmd
+from scssl.train import cpu_threads
 from scssl.transforms import normalize_log1p
 
 log = logging.getLogger("scssl")
@@ -436,6 +437,7 @@ class DrugTransfer:
         return F.mse_loss(pred, y)
 
     # ---- stages ----------------------------------------------------------------------------------
+    @cpu_threads()
     def fit_bulk(self) -> DrugTransfer:
         """Denoising-autoencoder pre-training, then the response predictor on bulk lines."""
         m, cfg = self.module, self.config
@@ -463,6 +465,7 @@ class DrugTransfer:
         m.eval()
         return self
 
+    @cpu_threads()
     def adapt(self) -> DrugTransfer:
         """Align the single-cell encoder to the bulk latent space (MMD towards the bulk lines
         nearest the cells, :meth:`_alignment_weights`) while the bulk predictor keeps fitting its
