@@ -7,9 +7,9 @@ the bench" tables do: 5-fold kNN macro-F1 (fold seed 0, rare types left out), k-
 ARI with k = number of types (clustering seed 0). One JSON line per job goes to ``--out``; a
 table of means over seeds is printed at the end.
 
-Made for a GPU machine with many cores: workers share the GPU for training and use one CPU
-thread each for scoring. On the 2-core CPU machine run one worker (two processes side by side
-train 2-4x slower each there).
+Made for a GPU machine with many cores: workers share the GPU for training and train with one
+CPU thread each (scoring's numba kernels still use every CPU). On the 2-core CPU machine two
+workers train side by side at one process's speed each.
 
     python benchmarks/settings_sweep.py --out sweep.jsonl --workers 14 --budget 230
     python benchmarks/settings_sweep.py --out sweep.jsonl --settings def do5 --seeds 0 --workers 1
