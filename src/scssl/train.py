@@ -79,7 +79,8 @@ def cpu_threads(num_threads: int | None = None) -> Iterator[None]:
     Why: scanpy's numba kernels (normalisation, HVGs, scaling, neighbours) start an OpenMP pool
     of one thread per CPU, ignoring ``OMP_NUM_THREADS``, and torch shares that pool setting; so
     after any scanpy preprocessing a process limited to one thread trains on every CPU, and two
-    such processes on a 2-core machine ran 2-4x slower each. Works as a decorator too.
+    such processes on a 2-core machine ran 17x slower each (results README, "Threads"). Works as
+    a decorator too.
     """
     if num_threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").strip()
