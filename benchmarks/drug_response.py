@@ -135,9 +135,10 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
                   "auc": response_table(gdsc, drug, metric="auc")}
         lines = np.array(full.bulk_lines)
         ok = np.logical_and.reduce([np.isin(lines, t.index) for t in tables.values()])
-        x, y_abs, lines = full.x_bulk[ok], full.y_bulk[ok], lines[ok]  # same lines for all labels
+        x, lines = full.x_bulk[ok], lines[ok]  # same lines for all labels
         cont = {label: t.loc[lines].to_numpy() for label, t in tables.items()}
         y = {label: binarize(t)[0].loc[lines].to_numpy(np.float32) for label, t in tables.items()}
+        y_abs = y["absolute"]
         folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
         for n_resp, label, target in settings:
             binary = target == "binary"

@@ -8,8 +8,8 @@ ARI with k = number of types (clustering seed 0). One JSON line per job goes to 
 table of means over seeds is printed at the end.
 
 Made for a GPU machine with many cores: workers share the GPU for training and train with one
-CPU thread each (scoring's numba kernels still use every CPU). On the 2-core CPU machine two
-workers train side by side at one process's speed each.
+CPU thread each, scoring too. On the 2-core CPU machine two workers train side by side at one
+process's speed each.
 
     python benchmarks/settings_sweep.py --out sweep.jsonl --workers 14 --budget 230
     python benchmarks/settings_sweep.py --out sweep.jsonl --settings def do5 --seeds 0 --workers 1
@@ -47,10 +47,13 @@ _prepared: dict = {}  # per worker: dataset name -> scssl.bench.baselines.Prepar
 def _init_worker() -> None:
     import os
 
+    import numba
     import torch
 
-    # Trainer.fit keeps torch at OMP_NUM_THREADS, which scanpy's scoring would otherwise raise.
+    # Trainer.fit keeps torch at OMP_NUM_THREADS, which scanpy's scoring would otherwise raise;
+    # numba (scanpy's scoring kernels) would start one thread per CPU in every worker.
     os.environ["OMP_NUM_THREADS"] = "1"
+    numba.set_num_threads(1)  # first: starting numba's pool resets the OpenMP thread count
     torch.set_num_threads(1)
 
 

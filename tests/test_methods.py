@@ -224,6 +224,16 @@ def test_mae_variational_bottleneck_adds_a_kl_term():
     assert kl.item() == 0.0 and 0.8 < at_prior.std().item() < 1.2
     _, kl_shifted = module.sample_posterior(torch.full((64, 8), 2.0), None)
     torch.testing.assert_close(kl_shifted, torch.tensor(0.5 * 8 * 4.0 / 20))
+    # The decoder sees draws around the encoder's output, and the embedding is that output (the
+    # posterior mean), not a draw: the same cells embed identically twice.
+    module.eval()
+    x = torch.randn(4, 20)
+    mean = module.embed(x)
+    draws = torch.stack([module.sample_posterior(mean, None)[0] for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), mean, atol=0.1, rtol=0.0)
+    assert not torch.allclose(draws[0], mean, atol=0.1)
+    torch.testing.assert_close(module.embed(x), mean, atol=0.0, rtol=0.0)
+    module.train()
     module.transform.fit_stats([_batch(seed=3).counts])
     batch = _batch()
     batch.x = module.transform(batch.counts)
