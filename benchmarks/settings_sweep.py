@@ -35,6 +35,8 @@ SETTINGS: dict[str, tuple[str, dict, dict, float]] = {
     "bs64": ("mae", {}, {"batch_size": 64}, 1.0),
     "do5": ("mae", {"dropout": 0.5}, {}, 1.0),
     "lr3e-4": ("mae", {}, {"lr": 3e-4}, 1.0),
+    "wd005": ("mae", {}, {"weight_decay": 0.05}, 1.0),
+    "wd05": ("mae", {}, {"weight_decay": 0.5}, 1.0),
     "vae01": ("mae", {"variational_weight": 0.1}, {}, 1.0),
     "vae03": ("mae", {"variational_weight": 0.3}, {}, 1.0),
     "vae1": ("mae", {"variational_weight": 1.0}, {}, 1.0),
