@@ -41,7 +41,6 @@ SETTINGS: dict[str, tuple[str, dict, dict, float]] = {
     "vae03": ("mae", {"variational_weight": 0.3}, {}, 1.0),
     "vae1": ("mae", {"variational_weight": 1.0}, {}, 1.0),
     "vae4": ("mae", {"variational_weight": 4.0}, {}, 1.0),
-    "thin05": ("mae", {"thinning": 0.5}, {}, 1.0),
     "thin05_vae03": ("mae", {"thinning": 0.5, "variational_weight": 0.3}, {}, 1.0),
     "thin05_vae1": ("mae", {"thinning": 0.5, "variational_weight": 1.0}, {}, 1.0),
     "hyb_t05": ("hybrid", {"hidden": [1024, 256], "dropout": 0.3, "temperature": 0.5}, {}, 1.0),
