@@ -85,6 +85,9 @@ def main() -> None:
     print("\nbest 3-seed mean per target cell:")
     for dataset, targets in TARGETS.items():
         sub = means[means.dataset == dataset]
+        if sub.empty:  # no source has three seeds on it in the files given
+            print(f"  {dataset:32} no 3-seed results")
+            continue
         for metric, target in zip(METRICS, targets, strict=True):
             best = sub.loc[sub[metric].idxmax()]
             print(f"  {dataset:32} {metric:10} target {target:.3f}  "
