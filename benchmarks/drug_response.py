@@ -44,9 +44,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from scssl.tl.drug_response import (
-    SMOOTH_NEIGHBORS, DrugTransfer, PreparedData, TransferConfig,
+    SCALING, SCALINGS, SMOOTH_NEIGHBORS, DrugTransfer, PreparedData, TransferConfig,
     _standardize, binarize, line_key, prepare, pseudobulk_inputs, relative_response_table,
-    response_table, sc_lognorm, select_genes, shared_genes,
+    response_table, sc_lognorm, select_genes, shared_genes, within_profile_ranks,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -82,10 +82,10 @@ def model_scores(truth: np.ndarray, output: np.ndarray, binary: bool,
 
 def all_genes(bulk: ad.AnnData, gdsc: pd.DataFrame, cells: ad.AnnData, drug: str,
               exclude_lines) -> PreparedData:
-    """The yardstick's inputs: every shared gene, absolute label, raw (unsmoothed) cells, the given
-    lines left out."""
+    """The yardstick's inputs: every shared gene, absolute label, raw (unsmoothed) cells, genes
+    standardised within each domain, the given lines left out."""
     return prepare(bulk, gdsc, cells, drug, exclude_lines=exclude_lines, n_top_genes=None,
-                   n_response_genes=0, label="absolute", smooth_neighbors=0)
+                   n_response_genes=0, label="absolute", smooth_neighbors=0, scaling="domain")
 
 
 def own_bulk_inputs(bulk: ad.AnnData, data: PreparedData) -> pd.DataFrame:
@@ -95,8 +95,7 @@ def own_bulk_inputs(bulk: ad.AnnData, data: PreparedData) -> pd.DataFrame:
     keys = bulk.obs["cell_line_key"].map(line_key).to_numpy()
     test = np.isin(keys, list(LINES.values()))
     profiles = np.asarray(bulk.X[test][:, bulk.var_names.get_indexer(data.genes)], dtype=np.float32)
-    x, _, _ = _standardize(profiles, data.bulk_mean, data.bulk_std)
-    return pd.DataFrame(x, index=keys[test])
+    return pd.DataFrame(data.standardize_bulk(profiles), index=keys[test])
 
 
 def line_scores(score, profiles: pd.DataFrame) -> pd.Series:
@@ -116,17 +115,19 @@ def naive_scores(data: PreparedData, truth: np.ndarray, own_bulk: pd.DataFrame,
             scores(truth, own.loc[line_of_cell].to_numpy(), call=0.0))
 
 
-def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: TransferConfig,
+def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str, str]], config: TransferConfig,
             n_folds: int = 3, seed: int = 0) -> pd.DataFrame:
     """Model selection without the single cells: k-fold AUROC of the bulk model on held-out
     GDSC2 lines (the three test lines never enter). Settings are (response genes, label,
-    target); label ``"auc"`` is the drug's absolute AUC instead of its ln IC50. Genes are
-    selected inside each fold from its training lines; held-out lines are always scored
+    target, scaling); label ``"auc"`` is the drug's absolute AUC instead of its ln IC50. Genes
+    are selected and standardised inside each fold from its training lines' bulk values, as
+    :func:`prepare` does on all training lines; held-out lines are always scored
     against the *absolute* binary label (the truth the cells are scored against), whichever
     label and target the model was trained on (a regression by minus its output)."""
     from sklearn.model_selection import StratifiedKFold
 
     bulk, gdsc, cells = load()
+    row_of_line = {k: i for i, k in enumerate(bulk.obs["cell_line_key"].map(line_key))}
     rows = []
     for drug in drugs:
         full = all_genes(bulk, gdsc, cells, drug, LINES.values())
@@ -135,32 +136,40 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str]], config: Tran
                   "auc": response_table(gdsc, drug, metric="auc")}
         lines = np.array(full.bulk_lines)
         ok = np.logical_and.reduce([np.isin(lines, t.index) for t in tables.values()])
-        x, lines = full.x_bulk[ok], lines[ok]  # same lines for all labels
+        lines = lines[ok]  # same lines for all labels
+        # the bulk file's values: full.x_bulk is standardised per gene over all training lines,
+        # which would leave the variance ranking of select_genes to noise
+        genes = bulk.var_names.get_indexer(full.genes)
+        x = np.asarray(bulk.X[[row_of_line[k] for k in lines]][:, genes], dtype=np.float32)
         cont = {label: t.loc[lines].to_numpy() for label, t in tables.items()}
         y = {label: binarize(t)[0].loc[lines].to_numpy(np.float32) for label, t in tables.items()}
         y_abs = y["absolute"]
         folds = list(StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(x, y_abs))
-        for n_resp, label, target in settings:
+        for n_resp, label, target, scaling in settings:
             binary = target == "binary"
             aucs = []
             for tr, te in folds:
                 idx = select_genes(x[tr], cont[label][tr], 2000, n_resp)
-                xtr, mean, std = _standardize(x[tr][:, idx])
-                xte, _, _ = _standardize(x[te][:, idx], mean, std)
+                xtr, xte = x[tr][:, idx], x[te][:, idx]
+                if scaling == "rank":
+                    xtr, xte = within_profile_ranks(xtr), within_profile_ranks(xte)
+                xtr, mean, std = _standardize(xtr)
+                xte, _, _ = _standardize(xte, mean, std)
                 model = DrugTransfer(xtr, (y if binary else cont)[label][tr], xtr[:8], binary,
                                      config, seed)
                 model.fit_bulk()
                 aucs.append(roc_auc_score(y_abs[te],
                                           sensitivity(model.predict_bulk_model(xte), binary)))
             rows.append({"drug": drug, "n_response_genes": n_resp, "label": label,
-                         "target": target, "cv_auroc": float(np.mean(aucs)),
+                         "target": target, "scaling": scaling, "cv_auroc": float(np.mean(aucs)),
                          "cv_sd": float(np.std(aucs))})
             print(rows[-1], flush=True)
     return pd.DataFrame(rows)
 
 
 def transfer_fidelity(n_drugs: int, config: TransferConfig, seed: int = 0,
-                      smooth_neighbors: int = SMOOTH_NEIGHBORS) -> pd.DataFrame:
+                      smooth_neighbors: int = SMOOTH_NEIGHBORS,
+                      scaling: str = SCALING) -> pd.DataFrame:
     """A label-free check of the single-cell transfer, on GDSC2 drugs other than the five.
 
     Per drug: Spearman correlation, over cells, between the model's per-cell scores (bulk model
@@ -174,7 +183,7 @@ def transfer_fidelity(n_drugs: int, config: TransferConfig, seed: int = 0,
     rows = []
     for drug in np.random.default_rng(0).choice(others, n_drugs, replace=False):
         data = prepare(bulk, gdsc, cells, drug, exclude_lines=LINES.values(),
-                       smooth_neighbors=smooth_neighbors)
+                       smooth_neighbors=smooth_neighbors, scaling=scaling)
         model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, config=config, seed=seed)
         model.fit_bulk()
         own = line_scores(model.predict_bulk_model, own_bulk_inputs(bulk, data))
@@ -225,7 +234,8 @@ def matched_steps(config: TransferConfig, n_lines: int, n_all: int, n_cells: int
 
 def run(seeds: list[int], drugs: list[str], config: TransferConfig,
         n_similar_lines: int | None = None, match_steps: bool = False,
-        smooth_neighbors: int = SMOOTH_NEIGHBORS, target: str = "binary") -> pd.DataFrame:
+        smooth_neighbors: int = SMOOTH_NEIGHBORS, target: str = "binary",
+        scaling: str = SCALING) -> pd.DataFrame:
     """Every variant on every drug and seed. With ``target="continuous"`` our models regress
     ln IC50 and a cell's sensitivity score is minus its predicted ln IC50 (called sensitive below
     the binarisation cut-off); the yardstick stays the binary regression."""
@@ -242,7 +252,7 @@ def run(seeds: list[int], drugs: list[str], config: TransferConfig,
         exclude = list(LINES.values()) if n_similar_lines is None else \
             dissimilar_lines(similarity, values.index, n_similar_lines)
         data = prepare(bulk, gdsc, cells, drug, exclude_lines=exclude,
-                       smooth_neighbors=smooth_neighbors, target=target)
+                       smooth_neighbors=smooth_neighbors, target=target, scaling=scaling)
         sensitive = [k for k, v in truth_line.items() if v]
         print(f"{drug}: cutoff {cutoff:.2f}, sensitive lines {sensitive}, "
               f"{data.n_shared_genes} shared genes ({len(data.genes)} used), "
@@ -328,16 +338,19 @@ def config_with(overrides: list[str]) -> TransferConfig:
     return dataclasses.replace(TransferConfig(), **fields)
 
 
-def cv_setting(text: str) -> tuple[int, str, str]:
-    """``N:LABEL[:TARGET]`` → (response genes, label, target); target defaults to binary."""
+def cv_setting(text: str) -> tuple[int, str, str, str]:
+    """``N:LABEL[:TARGET[:SCALING]]`` → (response genes, label, target, scaling); target
+    defaults to binary, scaling to the library's default."""
     parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0].isdigit() \
+    if len(parts) not in (2, 3, 4) or not parts[0].isdigit() \
             or parts[1] not in ("absolute", "relative", "auc") \
-            or parts[2:] not in ([], ["binary"], ["continuous"]):
-        raise SystemExit(f"--cv {text!r}: expected N:LABEL[:TARGET], e.g. 200:absolute or "
-                         "200:absolute:continuous (LABEL absolute|relative|auc, TARGET "
-                         "binary|continuous)")
-    return int(parts[0]), parts[1], parts[2] if len(parts) == 3 else "binary"
+            or parts[2:3] not in ([], ["binary"], ["continuous"]) \
+            or parts[3:] not in ([], *([s] for s in SCALINGS)):
+        raise SystemExit(f"--cv {text!r}: expected N:LABEL[:TARGET[:SCALING]], e.g. 200:absolute "
+                         "or 200:absolute:binary:rank (LABEL absolute|relative|auc, TARGET "
+                         f"binary|continuous, SCALING {'|'.join(SCALINGS)})")
+    return (int(parts[0]), parts[1], parts[2] if len(parts) > 2 else "binary",
+            parts[3] if len(parts) > 3 else SCALING)
 
 
 def main() -> None:
@@ -360,6 +373,9 @@ def main() -> None:
                         help="kNN-smooth the cells over K cells (0: raw cells)")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
                         help="override TransferConfig fields, e.g. mmd_weight=1.0 adapt_epochs=60")
+    parser.add_argument("--scaling", choices=SCALINGS, default=SCALING,
+                        help="our models' inputs: genes standardised within each domain, or "
+                             "profiles ranked within themselves on the bulk lines' scale")
     parser.add_argument("--target", choices=["binary", "continuous"], default="binary",
                         help="our models: classify the binarised response or regress ln IC50")
     parser.add_argument("--match-steps", action="store_true",
@@ -369,7 +385,7 @@ def main() -> None:
     torch.set_num_threads(1)
     config = config_with(args.set)
     if args.fidelity:
-        fid = pd.concat([transfer_fidelity(args.fidelity, config, seed, args.smooth)
+        fid = pd.concat([transfer_fidelity(args.fidelity, config, seed, args.smooth, args.scaling)
                          for seed in args.seeds])
         if args.out:
             fid.to_csv(args.out, index=False)
@@ -380,15 +396,15 @@ def main() -> None:
         cv = bulk_cv(args.drugs, settings, config)
         if args.out:
             cv.to_csv(args.out, index=False)
-        print(cv.pivot_table(index=["n_response_genes", "label", "target"], columns="drug",
-                             values="cv_auroc")
+        print(cv.pivot_table(index=["n_response_genes", "label", "target", "scaling"],
+                             columns="drug", values="cv_auroc")
               .assign(mean=lambda t: t.mean(axis=1)).round(3).to_string())
         return
     if args.merge:
         results = pd.concat([pd.read_csv(f) for f in args.merge])
     else:
         results = run(args.seeds, args.drugs, config, args.similar_lines,
-                      args.match_steps, args.smooth, args.target)
+                      args.match_steps, args.smooth, args.target, args.scaling)
     if args.out:
         results.to_csv(args.out, index=False)
     table = summarise(results)

@@ -14,7 +14,7 @@ from scssl.cli import main
 from scssl.losses import mmd
 from scssl.tl.drug_response import (
     DrugTransfer, TransferConfig, binarize, drug_response, line_key, prepare,
-    relative_response_table, response_table, select_genes, smooth_cells,
+    relative_response_table, response_table, select_genes, smooth_cells, within_profile_ranks,
 )
 
 TEST_LINES = ["HCC-827", "NCI-H1975", "nci_h2228"]  # spelled loosely on purpose: keys must match
@@ -188,6 +188,40 @@ def test_leakage_guard_excludes_the_evaluated_lines(gdsc):
         prepare(bulk, response, cells, "Gefitinib", n_top_genes=100, exclude_lines=["NOSUCHLINE"])
 
 
+def test_within_profile_ranks_hand_checked():
+    ranks = within_profile_ranks(np.array([[3.0, 1.0, 2.0, 2.0], [0.0, 5.0, 5.0, 9.0]]))
+    # ranks 4, 1, 2.5, 2.5 and 1, 2.5, 2.5, 4 of 4 genes → (rank − ½) / 4
+    np.testing.assert_allclose(ranks, [[0.875, 0.125, 0.5, 0.5], [0.125, 0.5, 0.5, 0.875]], rtol=1e-6)
+    np.testing.assert_allclose(within_profile_ranks(np.array([[1.0, 2.0, 3.0, 4.0]]) * 7 + 3),
+                               [[0.125, 0.375, 0.625, 0.875]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("scaling", ["domain", "rank"])
+def test_rank_scaling_scores_a_cell_on_its_own(gdsc, scaling):
+    """Per-gene standardisation within the cells makes a cell's input depend on the other cells
+    given; ranks on the bulk lines' scale do not (smoothing off, so no neighbours either)."""
+    bulk, response, cells = gdsc
+    h2228 = (cells.obs["cell_type"].astype(str) == "H2228").to_numpy()
+    kwargs = {"n_top_genes": 300, "n_response_genes": 0, "smooth_neighbors": 0,
+              "scaling": scaling, "exclude_lines": TEST_LINES}
+    mixed = prepare(bulk, response, cells, "Crizotinib", **kwargs)
+    alone = prepare(bulk, response, cells[h2228].copy(), "Crizotinib", **kwargs)
+    assert mixed.genes == alone.genes
+    np.testing.assert_array_equal(mixed.x_bulk, alone.x_bulk)
+    gap = np.abs(mixed.x_sc[h2228] - alone.x_sc).max()
+    if scaling == "rank":
+        assert gap < 1e-5
+        # other bulk profiles go through the training lines' transform
+        keys = bulk.obs["cell_line_key"].map(line_key)
+        first = bulk[keys == mixed.bulk_lines[0], mixed.genes].X
+        np.testing.assert_allclose(mixed.standardize_bulk(np.asarray(first)), mixed.x_bulk[:1],
+                                   atol=1e-5)
+    else:
+        assert gap > 0.5
+    with pytest.raises(ValueError, match="scaling must be one of"):
+        prepare(bulk, response, cells, "Crizotinib", n_top_genes=300, scaling="quantile")
+
+
 def test_gefitinib_end_to_end_ranks_hcc827_above_h1975(gdsc, one_thread):
     bulk, response, cells = gdsc
     cells = cells.copy()
@@ -229,8 +263,11 @@ def test_continuous_target_predicts_ln_ic50(gdsc, one_thread):
     assert per_line["HCC827"] < per_line["H1975"], per_line.to_dict()
 
 
-@pytest.mark.parametrize("given, expected", [([], {}), (["--smooth-neighbors", "0"], {"smooth_neighbors": 0})])
-def test_cli_passes_smoothing_only_when_given(shared_data, tmp_path, monkeypatch, given, expected):
+@pytest.mark.parametrize("given, expected", [
+    ([], {}), (["--smooth-neighbors", "0"], {"smooth_neighbors": 0}),
+    (["--scaling", "rank"], {"scaling": "rank"}),
+])
+def test_cli_passes_smoothing_and_scaling_only_when_given(shared_data, tmp_path, monkeypatch, given, expected):
     """Without the option the library's own default applies (the CLI does not repeat it)."""
     seen = {}
 
@@ -245,5 +282,5 @@ def test_cli_passes_smoothing_only_when_given(shared_data, tmp_path, monkeypatch
               "--response", str(shared_data / "gdsc_drug_response.csv.gz"),
               "--cells", str(shared_data / "cellline_mixology_3lines_celseq2_dropseq.h5ad"),
               "--out", str(tmp_path / "out.h5ad"), *given])
-    assert {k: v for k, v in seen.items() if k == "smooth_neighbors"} == expected
+    assert {k: v for k, v in seen.items() if k in ("smooth_neighbors", "scaling")} == expected
     assert not (tmp_path / "out.h5ad").exists()

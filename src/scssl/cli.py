@@ -258,6 +258,11 @@ def _drug_response(sub) -> None:
     p.add_argument("--smooth-neighbors", type=int, default=None,
                    help="average each cell over this many nearest cells first (0: raw cells; "
                    "default: scssl.tl.drug_response.SMOOTH_NEIGHBORS)")
+    p.add_argument("--scaling", choices=["domain", "rank"], default=None,
+                   help="genes standardised within each domain, or every profile ranked within "
+                   "itself on the bulk lines' scale, so a cell's score does not depend on the "
+                   "other cells in --cells; its scores rank cells, its calls are not calibrated "
+                   "(default: scssl.tl.drug_response.SCALING)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=run_drug_response)
@@ -273,13 +278,14 @@ def run_drug_response(args) -> None:
         raise SystemExit(f"error: {args.response} not found")
     bulk, cells = read_h5ad(args.bulk), read_h5ad(args.cells)
     # The library's default applies unless given: the CLI cannot read it without importing torch.
-    smoothing = {} if args.smooth_neighbors is None else {"smooth_neighbors": args.smooth_neighbors}
+    given = {"smooth_neighbors": args.smooth_neighbors, "scaling": args.scaling}
+    options = {name: value for name, value in given.items() if value is not None}
     res = drug_response(
         bulk, pd.read_csv(args.response), cells, args.drug,
         dataset=None if args.dataset == "all" else args.dataset, metric=args.metric, target=args.target,
         rule=args.rule, quantile=args.quantile, threshold=args.threshold, cell_line_key=args.cell_line_key,
         exclude_lines=args.exclude_lines, layer=args.layer, adapt=not args.no_adapt, seed=args.seed,
-        **smoothing,
+        **options,
     )
     write_h5ad(cells, args.out, args.cells, args.overwrite)
     print(f"{res.drug}: {res.n_shared_genes} shared genes ({res.n_genes} used), {res.n_train_lines} bulk lines, "
