@@ -45,8 +45,8 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from scssl.tl.drug_response import (
     SCALING, SCALINGS, SMOOTH_NEIGHBORS, DrugTransfer, PreparedData, TransferConfig,
-    _standardize, binarize, line_key, prepare, pseudobulk_inputs, relative_response_table,
-    response_table, sc_lognorm, select_genes, shared_genes, within_profile_ranks,
+    binarize, line_key, prepare, pseudobulk_inputs, relative_response_table,
+    response_table, sc_lognorm, scale_profiles, select_genes, shared_genes,
 )
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -150,11 +150,8 @@ def bulk_cv(drugs: list[str], settings: list[tuple[int, str, str, str]], config:
             aucs = []
             for tr, te in folds:
                 idx = select_genes(x[tr], cont[label][tr], 2000, n_resp)
-                xtr, xte = x[tr][:, idx], x[te][:, idx]
-                if scaling == "rank":
-                    xtr, xte = within_profile_ranks(xtr), within_profile_ranks(xte)
-                xtr, mean, std = _standardize(xtr)
-                xte, _, _ = _standardize(xte, mean, std)
+                xtr, mean, std = scale_profiles(x[tr][:, idx], scaling)
+                xte, _, _ = scale_profiles(x[te][:, idx], scaling, mean, std)
                 model = DrugTransfer(xtr, (y if binary else cont)[label][tr], xtr[:8], binary,
                                      config, seed)
                 model.fit_bulk()

@@ -201,6 +201,16 @@ def within_profile_ranks(x: np.ndarray) -> np.ndarray:
     return ((rankdata(x, axis=1) - 0.5) / x.shape[1]).astype(np.float32)
 
 
+def scale_profiles(x: np.ndarray, scaling: str, mean: np.ndarray | None = None,
+                   std: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Profiles (rows) per-gene standardised, after :func:`within_profile_ranks` when
+    ``scaling="rank"``; with ``mean`` and ``std`` on those statistics, else on the rows' own.
+    Returns the scaled rows and the statistics used."""
+    if scaling == "rank":
+        x = within_profile_ranks(x)
+    return _standardize(x, mean, std)
+
+
 def sc_lognorm(sc_adata: ad.AnnData, genes: Sequence[str], layer: str | None = None) -> np.ndarray:
     """log1p(counts per 10k) of ``genes``; library sizes count *all* genes, not only shared ones."""
     counts = sc_adata.layers[layer] if layer else sc_adata.X
@@ -598,16 +608,12 @@ class PreparedData:
     def standardize_bulk(self, profiles: np.ndarray) -> np.ndarray:
         """Other bulk profiles (× :attr:`genes`, on the bulk file's scale) as the training lines
         were standardised."""
-        if self.scaling == "rank":
-            profiles = within_profile_ranks(profiles)
-        return _standardize(profiles, self.bulk_mean, self.bulk_std)[0]
+        return scale_profiles(profiles, self.scaling, self.bulk_mean, self.bulk_std)[0]
 
     def standardize_cells(self, x_log: np.ndarray) -> np.ndarray:
         """Other single-cell or pseudo-bulk log-expression (× :attr:`genes`) as the cells were
         standardised."""
-        if self.scaling == "rank":
-            x_log = within_profile_ranks(x_log)
-        return _standardize(x_log, self.sc_mean, self.sc_std)[0]
+        return scale_profiles(x_log, self.scaling, self.sc_mean, self.sc_std)[0]
 
 
 def prepare(
@@ -678,13 +684,10 @@ def prepare(
         x_log = smooth_cells(x_log, smooth_neighbors)
     # Per-gene statistics from training lines only: the bulk file is z-scored over the whole
     # matrix, not per gene, so genes still differ in level and spread.
-    if scaling == "rank":
-        x_bulk, bulk_mean, bulk_std = _standardize(within_profile_ranks(x_bulk_raw))
-        # the cells' ranks on the bulk lines' scale: no statistic of the cells' own population
-        x_sc, sc_mean, sc_std = _standardize(within_profile_ranks(x_log), bulk_mean, bulk_std)
-    else:
-        x_bulk, bulk_mean, bulk_std = _standardize(x_bulk_raw)
-        x_sc, sc_mean, sc_std = _standardize(x_log)
+    x_bulk, bulk_mean, bulk_std = scale_profiles(x_bulk_raw, scaling)
+    # ranks put the cells on the bulk lines' scale: no statistic of the cells' own population
+    cell_stats = (bulk_mean, bulk_std) if scaling == "rank" else (None, None)
+    x_sc, sc_mean, sc_std = scale_profiles(x_log, scaling, *cell_stats)
     return PreparedData(
         genes=genes, x_bulk=x_bulk, y_bulk=values.loc[bulk_keys[keep]].to_numpy(np.float32),
         bulk_lines=list(bulk_keys[keep]), x_sc=x_sc, sc_mean=sc_mean, sc_std=sc_std,
