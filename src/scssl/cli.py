@@ -53,15 +53,27 @@ def write_h5ad(adata: ad.AnnData, out: str, input_path: str | None, overwrite: b
     atomic_write(out_path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
 
 
-# ---- subcommands ---------------------------------------------------------------------------------
-def _pretrain(sub) -> None:
-    p = sub.add_parser("pretrain", help="pre-train an SSL model on an .h5ad file")
-    p.add_argument("input", help=".h5ad with raw counts (or log-normalised values with loss=mse)")
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The options of every command that trains a model: where it goes, which method, which matrix."""
     p.add_argument("--out", required=True, help="model folder to write (config.json + weights.safetensors)")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in OUT")
     p.add_argument("--method", default="mae", help="registered method name (see `scssl methods`)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     p.add_argument("--layer", default=None, help="layer with the counts (default: X)")
     p.add_argument("--use-raw", action="store_true", help="read adata.raw.X")
     p.add_argument("--batch-key", default=None, help=".obs column with batch labels")
+
+
+# ---- subcommands ---------------------------------------------------------------------------------
+def _pretrain(sub) -> None:
+    p = sub.add_parser(
+        "pretrain", help="pre-train an SSL model on an .h5ad file",
+        description="Pre-train an SSL model. For several GPUs (or CPU processes) launch it with "
+                    "torchrun, e.g. `torchrun --standalone --nproc-per-node 4 -m scssl pretrain ...`: "
+                    "each process trains on its share of the cells (--batch-size per process).",
+    )
+    p.add_argument("input", help=".h5ad with raw counts (or log-normalised values with loss=mse)")
+    add_model_options(p)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -69,13 +81,12 @@ def _pretrain(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--backed", action="store_true", help="read the file out of core (backed='r')")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT/checkpoints")
-    p.add_argument("--overwrite", action="store_true", help="replace a model already in OUT")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
     p.set_defaults(func=run_pretrain)
 
 
 def run_pretrain(args) -> None:
     from scssl import SSLModel
+    from scssl.distributed import is_main_process
 
     out = Path(args.out)
     if (out / "config.json").exists() and not (args.overwrite or args.resume):
@@ -85,8 +96,9 @@ def run_pretrain(args) -> None:
                      batch_key=args.batch_key, **_parse_set(args.set))
     model.fit(max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
               device=args.device, checkpoint_dir=out / "checkpoints", resume=args.resume)
-    model.save(out, overwrite=True)
-    print(f"saved {model} to {out}")
+    if is_main_process():  # under torchrun every process holds the same weights; one writes them
+        model.save(out, overwrite=True)
+        print(f"saved {model} to {out}")
 
 
 def _embed(sub) -> None:
@@ -238,6 +250,46 @@ def run_bench(args) -> None:
         raise SystemExit(1)
 
 
+def _federated(sub) -> None:
+    p = sub.add_parser(
+        "federated", help="federated pre-training (Flower) over several .h5ad files, one per institution",
+        description="Simulates on this machine a federation with one Flower node per file (no node sees "
+                    "another's cells; FedAvg over the weights). For a real deployment across "
+                    "institutions see examples/federated/ (needs pip install -e '.[federated]').",
+    )
+    p.add_argument("inputs", nargs="+", help=".h5ad files, one per institution (the first sets the gene order)")
+    add_model_options(p)
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--local-epochs", type=int, default=1, help="passes each node makes over its cells per round")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine over the rounds)")
+    p.add_argument("--fraction-train", type=float, default=1.0, help="fraction of the nodes that train each round")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=run_federated)
+
+
+def run_federated(args) -> None:
+    out = Path(args.out)
+    if (out / "config.json").exists() and not args.overwrite:  # before the training, not after
+        raise SystemExit(f"error: {out} already holds a model; pass --overwrite or choose another --out")
+    for path in args.inputs:
+        if not Path(path).exists():
+            raise SystemExit(f"error: {path} not found")
+    try:
+        from scssl.federated import simulate
+    except ImportError as err:
+        raise SystemExit(f"error: {err}") from None
+    model = simulate(
+        args.inputs, method=args.method, rounds=args.rounds, local_epochs=args.local_epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, layer=args.layer, use_raw=args.use_raw,
+        batch_key=args.batch_key, fraction_train=args.fraction_train, **_parse_set(args.set),
+    )
+    model.save(out, overwrite=args.overwrite)
+    last = model.history[-1]
+    print(f"saved {model} to {out} (last round: train loss {last['train_loss']:.4f}, "
+          f"evaluation loss {last['eval_loss']:.4f})")
+
+
 def _drug_response(sub) -> None:
     p = sub.add_parser("drug-response", help="transfer a bulk drug-response model to single cells (scDEAL)")
     p.add_argument("--bulk", required=True, help=".h5ad of bulk cell lines × genes (obs[cell_line_key])")
@@ -292,7 +344,7 @@ def run_drug_response(args) -> None:
           f"excluded {res.excluded_lines}; wrote obs {res.obs_keys} to {args.out}")
 
 
-SUBCOMMANDS = [_pretrain, _embed, _methods, _demo, _annotate, _cluster, _bench, _drug_response]
+SUBCOMMANDS = [_pretrain, _embed, _methods, _demo, _annotate, _cluster, _bench, _drug_response, _federated]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,12 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     from scssl.data import DataError
+    from scssl.distributed import shutdown
 
     try:
         args.func(args)
     except (DataError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     return 0
 
 

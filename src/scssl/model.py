@@ -6,6 +6,7 @@ with a registered SSL method, in the spirit of scvi-tools' model/module split.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 
 from scssl import __version__
 from scssl.checkpoint import load_json, load_tensors, save_json, save_tensors
-from scssl.data import CellData, DataError
+from scssl.data import CellData, DataError, MatrixSpec
 from scssl.methods import get_method
 from scssl.methods.base import SSLMethod
 from scssl.train import Trainer, TrainConfig, resolve_device
@@ -77,15 +78,63 @@ class SSLModel:
         self.genes = list(self.data.genes)
         self.spec = self.data.spec
         self.batch_key, self.batch_categories = batch_key, self.data.batch_categories
-        with torch.random.fork_rng():  # seeded initial weights without touching the caller's RNG
-            torch.manual_seed(seed)
-            self.module: SSLMethod = method_cls(
+        self.module: SSLMethod = self._build_module(seed)
+
+    @classmethod
+    def from_vocabulary(
+        cls, genes: Sequence[str], spec: MatrixSpec, method: str = "mae", *,
+        batch_key: str | None = None, batch_categories: Sequence[str] | None = None,
+        seed: int | None = 0, **hyperparameters: Any,
+    ) -> SSLModel:
+        """An untrained model for a given vocabulary, without any cells.
+
+        For callers that know the genes and the input format but hold no cells: :meth:`load`,
+        and the federated server (:mod:`scssl.federated`), which learns them from the nodes.
+
+        Parameters
+        ----------
+        genes
+            The gene vocabulary, in the model's order.
+        spec
+            Which matrix the model reads and what it holds (:class:`~scssl.data.MatrixSpec`).
+        method
+            A registered method name.
+        batch_key, batch_categories
+            ``.obs`` column with batch labels and its categories (``None``: no batches).
+        seed
+            Seeds the initial weights without touching the caller's RNG (``None``: draw them
+            from torch's global RNG).
+        **hyperparameters
+            The method's hyper-parameters.
+
+        Returns
+        -------
+        The model, untrained (input statistics at mean 0, std 1), with no training data attached.
+        """
+        model = cls(None, method, **hyperparameters)
+        model.genes = list(genes)
+        model.spec = spec
+        model.batch_key = batch_key
+        model.batch_categories = None if batch_categories is None else list(batch_categories)
+        model.module = model._build_module(seed)
+        return model
+
+    def _build_module(self, seed: int | None) -> SSLMethod:
+        def build() -> SSLMethod:
+            return get_method(self.method_name)(
                 len(self.genes), self.config, self.spec.kind, len(self.batch_categories or []),
                 gene_names=self.genes,
             )
 
+        if seed is None:
+            return build()
+        with torch.random.fork_rng():  # seeded initial weights without touching the caller's RNG
+            torch.manual_seed(seed)
+            return build()
+
     def __repr__(self) -> str:
-        state = f"trained {len(self.history)} epochs" if self.history else "untrained"
+        unit = "rounds" if self.history and "round" in self.history[0] else "epochs"  # federated
+        state = f"trained {len(self.history)} {unit}" if self.history else "untrained"
         return f"SSLModel(method={self.method_name!r}, genes={len(self.genes)}, latent_dim={self.config.latent_dim}, {state})"
 
     # ---- training --------------------------------------------------------------------------------
@@ -180,23 +229,18 @@ class SSLModel:
         adata
             Optional cells to continue training on (aligned to the model's genes).
         """
-        from scssl.data import MatrixSpec
-
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} not found")
         config = load_json(path / "config.json")
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has model format {config.get('format_version')}; this scssl reads {FORMAT_VERSION}")
-        model = cls(None, config["method"], **config["hyperparameters"])
-        model.genes = config["genes"]
-        model.spec = MatrixSpec(**config["input"])
-        model.batch_key, model.batch_categories = config["batch_key"], config["batch_categories"]
-        model.history = config["history"]
-        model.module = get_method(config["method"])(
-            len(model.genes), model.config, model.spec.kind, len(model.batch_categories or []),
-            gene_names=model.genes,
+        model = cls.from_vocabulary(
+            config["genes"], MatrixSpec(**config["input"]), config["method"],
+            batch_key=config["batch_key"], batch_categories=config["batch_categories"], seed=None,
+            **config["hyperparameters"],
         )
+        model.history = config["history"]
         state = load_tensors(path / "weights.safetensors", config["weights_sha256"])
         try:
             model.module.load_state_dict(state)

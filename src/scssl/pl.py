@@ -34,13 +34,16 @@ def umap(adata: ad.AnnData, color: str | list[str], use_rep: str = "X_scssl", pa
 
 
 def history(model, path: str | Path | None = None):
-    """Training and validation loss per epoch."""
+    """Training and validation loss per epoch (per round, with the nodes' evaluation loss, for
+    a federated model)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    epochs = [h["epoch"] for h in model.history]
+    federated = bool(model.history) and "round" in model.history[0]
+    step, second, label = ("round", "eval_loss", "evaluation") if federated else ("epoch", "val_loss", "validation")
+    epochs = [h[step] for h in model.history]
     ax.plot(epochs, [h["train_loss"] for h in model.history], label="train")
-    if any(h["val_loss"] is not None for h in model.history):
-        ax.plot(epochs, [h["val_loss"] for h in model.history], label="validation")
-    ax.set_xlabel("epoch")
+    if any(h[second] is not None for h in model.history):
+        ax.plot(epochs, [h[second] for h in model.history], label=label)
+    ax.set_xlabel(step)
     ax.set_ylabel("loss")
     ax.legend()
     fig.tight_layout()

@@ -1,7 +1,9 @@
-"""The one training loop: AdamW, validation split, early stopping, checkpoints, resume, AMP.
+"""The one training loop: AdamW, validation split, early stopping, checkpoints, resume, AMP, DDP.
 
-Every method trains through :class:`Trainer`; it only calls ``method.loss(batch)`` and
-``method.after_optimizer_step(progress)``.
+Every method trains through :class:`Trainer`; it only calls ``method.prepare``,
+``method.loss(batch)`` and ``method.after_optimizer_step(progress)``. Launched by ``torchrun``,
+the same loop trains with DistributedDataParallel (see :mod:`scssl.distributed`); the federated
+client (:mod:`scssl.federated`) runs it for its local epochs.
 """
 
 from __future__ import annotations
@@ -20,8 +22,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from scssl import distributed
 from scssl.checkpoint import (
-    load_json, load_tensors, optimizer_from_tensors, optimizer_to_tensors, save_json, save_tensors,
+    load_json,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_json,
+    save_tensors,
 )
 from scssl.data import CellData
 from scssl.methods.base import SSLMethod
@@ -46,7 +54,9 @@ class TrainConfig:
     patience
         Stop after this many epochs without validation improvement (``0`` disables).
     warmup_epochs
-        Linear learning-rate warm-up, then cosine decay to 10% of ``lr``.
+        Linear learning-rate warm-up, then the schedule.
+    lr_schedule
+        ``"cosine"`` (decay to 10% of ``lr`` over ``max_epochs``) or ``"constant"``.
     seed
         Seeds the split, batch order, masks and augmentations: same seed, same model (CPU).
     device
@@ -56,6 +66,13 @@ class TrainConfig:
     num_threads
         CPU threads torch trains with (``None``: ``OMP_NUM_THREADS`` when set, else torch's
         current setting); see :func:`cpu_threads`.
+    restore_best
+        End with the weights of the best epoch (validation loss, else training loss);
+        ``False`` keeps the last epoch's.
+    distributed
+        DistributedDataParallel over the processes ``torchrun`` started: ``None`` (default)
+        whenever it started more than one, ``True`` to require it, ``False`` never. ``batch_size``
+        is then per process.
     """
 
     max_epochs: int = 100
@@ -69,6 +86,13 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     num_threads: int | None = None
+    lr_schedule: str = "cosine"
+    restore_best: bool = True
+    distributed: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
 
 @contextmanager
@@ -113,6 +137,18 @@ def split_cells(n_cells: int, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+class _LossStep(torch.nn.Module):
+    """``method.prepare`` + ``method.loss`` as one forward, so DistributedDataParallel sees the
+    whole step and averages every gradient the loss produced."""
+
+    def __init__(self, method: SSLMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, counts: torch.Tensor, batch_index, generator) -> torch.Tensor:
+        return self.method.loss(self.method.prepare(counts, batch_index, generator)).total
+
+
 class Trainer:
     """Fits one :class:`~scssl.methods.base.SSLMethod` on one :class:`~scssl.data.CellData`.
 
@@ -125,22 +161,30 @@ class Trainer:
     config
         Training hyper-parameters.
     checkpoint_dir
-        Folder for per-epoch checkpoints (``None``: no checkpoints).
+        Folder for per-epoch checkpoints (``None``: no checkpoints). In a distributed run only
+        rank 0 writes; every rank reads it to resume.
     """
 
     def __init__(self, method: SSLMethod, data: CellData, config: TrainConfig, checkpoint_dir: str | Path | None = None) -> None:
         self.method, self.data, self.config = method, data, config
         self.device = resolve_device(config.device)
+        self.dist = distributed.init(config.distributed, self.device)
+        if self.dist.active and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)  # one GPU per process
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.train_idx, self.val_idx = split_cells(data.n_cells, config.validation_fraction, config.seed)
-        if len(self.train_idx) < 2:
-            raise ValueError(f"need at least 2 training cells, got {len(self.train_idx)}")
+        if len(self.train_idx) < 2 * self.dist.world_size:
+            raise ValueError(
+                f"need at least 2 training cells per process, got {len(self.train_idx)} for "
+                f"{self.dist.world_size} process(es)"
+            )
         self.history: list[dict[str, float]] = []
+        self.step_module: torch.nn.Module = _LossStep(method)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _batches(self, index, shuffle: bool, generator: torch.Generator | None):
+    def _batches(self, index, shuffle: bool, generator: torch.Generator | None, drop_last: bool | None = None):
         codes = self.data.batch_codes
-        drop_last = shuffle  # tiny last batches hurt contrastive losses and batch norm
+        drop_last = shuffle if drop_last is None else drop_last  # tiny last batches hurt contrastive losses
         for cells, counts in self.data.batches(
             self.config.batch_size, index, shuffle=shuffle, generator=generator,
             drop_last=drop_last, device=self.device,
@@ -155,24 +199,48 @@ class Trainer:
     def _lr_factor(self, step: int, total: int, warmup: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
+        if self.config.lr_schedule == "constant":
+            return 1.0
         progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    def _validation_loss(self) -> float | None:
-        if len(self.val_idx) == 0:
-            return None
+    def _epoch_cells(self, epoch: int) -> tuple[np.ndarray, bool]:
+        """(cells, shuffle inside ``data.batches``?) for one training epoch of this process."""
+        if not self.dist.active:
+            return self.train_idx, True
+        return distributed.shard(self.train_idx, self.dist, self.config.seed, epoch), False
+
+    def mean_loss(self, index: np.ndarray) -> float:
+        """Mean loss per cell over cells ``index`` with the current weights (eval mode, no
+        gradients, masks from a fixed seed so that calls compare); over every process's share
+        in a distributed run."""
+        if self.dist.active:
+            index = np.asarray(index)[self.dist.rank :: self.dist.world_size]
+        was_training = self.method.training
         self.method.eval()
-        # A fixed generator makes validation masks identical across epochs, so losses compare.
         generator = torch.Generator(device=self.device).manual_seed(self.config.seed + 1)
-        total = torch.zeros((), device=self.device)
-        n = 0
+        sums = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss × cells, cells
         with torch.no_grad(), self._autocast():
-            for counts, batch_index in self._batches(self.val_idx, False, None):
+            for counts, batch_index in self._batches(index, False, None):
                 batch = self.method.prepare(counts, batch_index, generator)
-                total += self.method.loss(batch).total.float() * counts.shape[0]
-                n += counts.shape[0]
-        self.method.train()
-        return float(total) / n
+                sums[0] += self.method.loss(batch).total.double() * counts.shape[0]
+                sums[1] += counts.shape[0]
+        self.method.train(was_training)
+        total, n = distributed.all_reduce_sum(sums, self.dist).tolist()
+        return total / n if n else math.nan
+
+    def _fit_input_stats(self) -> None:
+        """The input transform's per-gene statistics over the training cells; in a distributed
+        run each process reads its share and the moments are summed (same result everywhere)."""
+        transform = self.method.transform
+        if not self.dist.active:
+            transform.fit_stats(counts for counts, _ in self._batches(self.train_idx, False, None))
+            return
+        share = self.train_idx[self.dist.rank :: self.dist.world_size]
+        n, total, sq_total = transform.moments(counts for counts, _ in self._batches(share, False, None))
+        sums = distributed.all_reduce_sum(torch.cat([total, sq_total, total.new_tensor([n])]), self.dist)
+        n_genes = total.shape[0]
+        transform.set_stats(int(sums[-1]), sums[:n_genes], sums[n_genes : 2 * n_genes])
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self, epoch: int, optimizer, best_state, state: dict) -> None:
@@ -189,6 +257,7 @@ class Trainer:
         save_json(self.checkpoint_dir / "last.json", {
             "epoch": epoch, "sha256": sha, "method": self.method.name,
             "method_config": self.method.config.to_dict(), "train_config": asdict(self.config),
+            "world_size": self.dist.world_size,
             "optimizer": opt_meta, "history": self.history, **state,
         })
 
@@ -201,6 +270,11 @@ class Trainer:
                 f"checkpoint in {self.checkpoint_dir} is for a different method or hyper-parameters; "
                 "resume with the same settings, or start afresh with resume=False"
             )
+        if meta.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(
+                f"checkpoint in {self.checkpoint_dir} was written by a run of {meta.get('world_size', 1)} "
+                f"process(es); resume it with the same number (this run has {self.dist.world_size})"
+            )
         tensors = load_tensors(self.checkpoint_dir / "last.safetensors", meta["sha256"])
         self.method.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optimizer_from_tensors(optimizer, tensors, meta["optimizer"])
@@ -212,12 +286,49 @@ class Trainer:
         return meta["epoch"] + 1, best_state, {"best_loss": meta["best_loss"], "bad_epochs": meta["bad_epochs"]}
 
     # ---- the loop --------------------------------------------------------------------------------
-    def fit(self, resume: bool = False, progress: bool = True) -> list[dict[str, float]]:
-        """Train, keep the weights with the best validation loss, return the per-epoch history."""
-        with cpu_threads(self.config.num_threads):
-            return self._fit(resume, progress)
+    def fit(self, resume: bool = False, progress: bool = True, fit_inputs: bool = True) -> list[dict[str, float]]:
+        """Train, keep the weights with the best validation loss, return the per-epoch history.
 
-    def _fit(self, resume: bool, progress: bool) -> list[dict[str, float]]:
+        Parameters
+        ----------
+        resume
+            Continue from ``checkpoint_dir``'s last checkpoint.
+        progress
+            Show a progress bar (rank 0 only in a distributed run).
+        fit_inputs
+            Fit the input statistics and run ``method.setup`` on the training cells first;
+            ``False`` when they are already set (a federated round gets them from the server).
+        """
+        with cpu_threads(self.config.num_threads):
+            return self._fit(resume, progress and self.dist.is_main, fit_inputs)
+
+    def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
+                    total_steps: int, warmup_steps: int) -> float:
+        """One pass over this process's training cells; returns the mean training loss (over
+        every process in a distributed run). The one step every caller shares."""
+        cfg = self.config
+        if self.dist.active:  # masks differ between processes, and resuming needs only the epoch
+            self.generator.manual_seed(int(np.random.SeedSequence([cfg.seed, self.dist.rank, epoch]).generate_state(1)[0]))
+        cells, shuffle = self._epoch_cells(epoch)
+        running = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, steps
+        n_steps = 0
+        for counts, batch_index in self._batches(cells, shuffle, self.shuffle_generator, drop_last=True):
+            step = epoch * steps_per_epoch + n_steps
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * self._lr_factor(step, total_steps, warmup_steps)
+            with self._autocast():
+                loss = self.step_module(counts, batch_index, self.generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            self.method.after_optimizer_step(min(1.0, (step + 1) / total_steps))
+            running[0] += loss.detach().double()  # no host sync per step
+            n_steps += 1
+        running[1] = n_steps
+        total, steps = distributed.all_reduce_sum(running, self.dist).tolist()
+        return total / max(1.0, steps)
+
+    def _fit(self, resume: bool, progress: bool, fit_inputs: bool) -> list[dict[str, float]]:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.method.to(self.device)
@@ -225,8 +336,7 @@ class Trainer:
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.shuffle_generator = torch.Generator().manual_seed(cfg.seed)
         optimizer = torch.optim.AdamW(self.method.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        n_train = len(self.train_idx)
-        steps_per_epoch = max(1, n_train // cfg.batch_size)
+        steps_per_epoch = max(1, len(self.train_idx) // self.dist.world_size // cfg.batch_size)
         total_steps = cfg.max_epochs * steps_per_epoch
         warmup_steps = min(cfg.warmup_epochs * steps_per_epoch, total_steps // 2)
 
@@ -242,51 +352,49 @@ class Trainer:
                 start_epoch = cfg.max_epochs  # that run had already stopped early: nothing to do
             log.info("resuming at epoch %d", start_epoch)
         else:
-            self.method.transform.fit_stats(
-                counts for counts, _ in self._batches(self.train_idx, False, None)
-            )
-            self.method.setup(counts for counts, _ in self._batches(self.train_idx, False, None))
+            if fit_inputs:
+                self._fit_input_stats()
+                self.method.setup(counts for counts, _ in self._batches(self.train_idx, False, None))
             best_state = copy.deepcopy(self.method.state_dict())
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Buffers are not synced per step: input statistics are reduced over processes,
+            # gene modules come from the same cells on every process, EMA targets follow identical weights, a MoCo queue
+            # stays per process (its own keys), and projector BatchNorm normalises each
+            # process's batch (SyncBatchNorm is GPU-only); its running statistics, unused by
+            # embed, stay per process and rank 0's are saved.
+            self.step_module = DistributedDataParallel(
+                _LossStep(self.method), device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                forward_sync_buffers=False,
+            )
 
         self.method.train()
         bar = tqdm(range(start_epoch, cfg.max_epochs), disable=not progress, desc=f"scssl {self.method.name}",
                    unit="epoch", initial=start_epoch, total=cfg.max_epochs)
         for epoch in bar:
-            running = torch.zeros((), device=self.device)
-            n_steps = 0
-            for counts, batch_index in self._batches(self.train_idx, True, self.shuffle_generator):
-                step = epoch * steps_per_epoch + n_steps
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * self._lr_factor(step, total_steps, warmup_steps)
-                with self._autocast():
-                    batch = self.method.prepare(counts, batch_index, self.generator)
-                    out = self.method.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                out.total.backward()
-                optimizer.step()
-                self.method.after_optimizer_step(min(1.0, (step + 1) / total_steps))
-                running += out.total.detach().float()  # no host sync per step
-                n_steps += 1
-            train_loss = float(running) / max(1, n_steps)
+            train_loss = self.train_epoch(epoch, optimizer, steps_per_epoch, total_steps, warmup_steps)
             if not math.isfinite(train_loss):
                 raise FloatingPointError(
                     f"training loss became {train_loss} at epoch {epoch}; lower lr (now {cfg.lr})"
                 )
-            val_loss = self._validation_loss()
+            val_loss = self.mean_loss(self.val_idx) if len(self.val_idx) else None
             monitored = train_loss if val_loss is None else val_loss
             self.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss})
             if not math.isfinite(best_loss) or monitored < best_loss - 1e-4 * abs(best_loss):
                 best_loss, bad_epochs = monitored, 0
-                best_state = copy.deepcopy(self.method.state_dict())
+                if cfg.restore_best:
+                    best_state = copy.deepcopy(self.method.state_dict())
             else:
                 bad_epochs += 1
             bar.set_postfix(train=f"{train_loss:.4f}", val="-" if val_loss is None else f"{val_loss:.4f}")
-            if self.checkpoint_dir is not None:
+            if self.checkpoint_dir is not None and self.dist.is_main:
                 self._save_checkpoint(epoch, optimizer, best_state, {"best_loss": best_loss, "bad_epochs": bad_epochs})
             if cfg.patience and bad_epochs >= cfg.patience:
                 log.info("early stopping at epoch %d (best loss %.4f)", epoch, best_loss)
                 break
         bar.close()
-        self.method.load_state_dict(best_state)
+        if cfg.restore_best:
+            self.method.load_state_dict(best_state)
         self.method.eval()
         return self.history

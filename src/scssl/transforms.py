@@ -55,6 +55,25 @@ class InputTransform(nn.Module):
     @torch.no_grad()
     def fit_stats(self, batches: Iterable[torch.Tensor]) -> None:
         """Per-gene mean and standard deviation of the normalised values, in one streaming pass."""
+        self.set_stats(*self.moments(batches))
+
+    @torch.no_grad()
+    def moments(self, batches: Iterable[torch.Tensor]) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """Per-gene moments of the normalised values: ``(n, Σx, Σx²)``, the sums in float64.
+
+        Moments of disjoint sets of cells add up, so several holders of cells (federated
+        nodes) can pool them without sharing a cell; :meth:`set_stats` turns them into the
+        input statistics.
+
+        Parameters
+        ----------
+        batches
+            Raw minibatches (cells × genes, in the vocabulary's order).
+
+        Returns
+        -------
+        The number of cells and the two per-gene sums (on this module's device).
+        """
         total = sq_total = None
         n = 0
         for raw in batches:
@@ -64,6 +83,29 @@ class InputTransform(nn.Module):
             n += x.shape[0]
         if n == 0:
             raise ValueError("no cells to compute input statistics from")
+        return n, total, sq_total
+
+    @torch.no_grad()
+    def set_stats(self, n: int, total: torch.Tensor, sq_total: torch.Tensor) -> None:
+        """Set the per-gene mean and standard deviation from moments (see :meth:`moments`).
+
+        Parameters
+        ----------
+        n
+            Number of cells the sums run over.
+        total, sq_total
+            Per-gene Σx and Σx² of the normalised values (float64 keeps the variance, a
+            difference of two large numbers, accurate over millions of cells).
+        """
+        if n <= 0:
+            raise ValueError("no cells to compute input statistics from")
+        if total.shape != self.mean.shape or sq_total.shape != self.mean.shape:
+            raise ValueError(
+                f"moments cover {tuple(total.shape)} / {tuple(sq_total.shape)} genes, the "
+                f"vocabulary has {self.mean.shape[0]}; compute them on the model's genes"
+            )
+        total = total.to(self.mean.device, torch.float64)
+        sq_total = sq_total.to(self.mean.device, torch.float64)
         mean = total / n
         var = (sq_total / n - mean * mean).clamp_min(0.0)
         self.mean.copy_(mean.float())

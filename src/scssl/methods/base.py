@@ -185,11 +185,21 @@ class SSLMethod(nn.Module):
     def loss(self, batch: Batch) -> LossOutput:
         raise NotImplementedError
 
+    @property
+    def setup_needs_data(self) -> bool:
+        """Whether :meth:`setup` computes state from the cells themselves (not only from moments).
+
+        Such a method cannot be pre-trained federatedly, where no process sees every cell;
+        a method that overrides :meth:`setup` to read the batches says so here.
+        """
+        return False
+
     def setup(self, batches: Iterable[torch.Tensor]) -> None:
         """Hook called once before training (not on resume) with the training cells' raw batches.
 
         For state computed from the data, e.g. co-expression gene modules; store it in buffers
-        so that it is saved with the weights. The input statistics are already fitted.
+        so that it is saved with the weights (and return ``True`` from :attr:`setup_needs_data`).
+        The input statistics are already fitted.
         """
 
     def after_optimizer_step(self, progress: float) -> None:

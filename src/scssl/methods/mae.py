@@ -215,11 +215,16 @@ class MAE(SSLMethod):
                 raise ValueError(f"isolated_source {config.isolated_source!r} is not a gene set; have {names[:10]}…")
             self.source_set = names.index(config.isolated_source)
 
+    @property
+    def setup_needs_data(self) -> bool:
+        """Programme masking without gene sets computes co-expression modules from the cells."""
+        return self.config.masking != "random" and not self.config.gene_sets
+
     @torch.no_grad()
     def setup(self, batches: Iterable[torch.Tensor]) -> None:
         """Compute co-expression modules from (at most ``module_cells``) training cells."""
         cfg = self.config
-        if cfg.masking == "random" or cfg.gene_sets:
+        if not self.setup_needs_data:
             return
         parts, n = [], 0
         for raw in batches:
