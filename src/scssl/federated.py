@@ -37,6 +37,7 @@ simulation engine (a virtual node per dataset); the module-level :data:`client_a
 
 from __future__ import annotations
 
+import builtins
 import functools
 import json
 import logging
@@ -827,13 +828,20 @@ def simulate(
     def main(grid: Grid, context: Context) -> None:  # runs in this process: hand the model back
         out["model"] = pretrain(grid, settings)
 
-    with tempfile.TemporaryDirectory(prefix="scssl-federated-") as folder:
-        paths, names = _dataset_files(datasets, Path(folder))
-        run_simulation(
-            server_app=server, client_app=make_client_app(SimulationData(paths, names)),
-            num_supernodes=len(paths),
-            backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
-        )
+    # Ray's progress-bar manager replaces builtins.print for good; numba cannot compile code
+    # that prints through a Python function, so pynndescent (sc.pp.neighbors on > 4,096 cells)
+    # would then fail in this process. Keep print as it was.
+    builtin_print = builtins.print
+    try:
+        with tempfile.TemporaryDirectory(prefix="scssl-federated-") as folder:
+            paths, names = _dataset_files(datasets, Path(folder))
+            run_simulation(
+                server_app=server, client_app=make_client_app(SimulationData(paths, names)),
+                num_supernodes=len(paths),
+                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}},
+            )
+    finally:
+        builtins.print = builtin_print
     if "model" not in out:
         raise RuntimeError("the federated simulation ended without a model; see Flower's log above")
     return out["model"]

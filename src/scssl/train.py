@@ -182,9 +182,8 @@ class Trainer:
         self.step_module: torch.nn.Module = _LossStep(method)
 
     # ---- helpers ---------------------------------------------------------------------------------
-    def _batches(self, index, shuffle: bool, generator: torch.Generator | None, drop_last: bool | None = None):
+    def _batches(self, index, shuffle: bool, generator: torch.Generator | None, drop_last: bool = False):
         codes = self.data.batch_codes
-        drop_last = shuffle if drop_last is None else drop_last  # tiny last batches hurt contrastive losses
         for cells, counts in self.data.batches(
             self.config.batch_size, index, shuffle=shuffle, generator=generator,
             drop_last=drop_last, device=self.device,
@@ -312,6 +311,7 @@ class Trainer:
         cells, shuffle = self._epoch_cells(epoch)
         running = torch.zeros(2, device=self.device, dtype=torch.float64)  # loss sum, steps
         n_steps = 0
+        # drop_last: tiny last batches hurt contrastive losses and batch norm.
         for counts, batch_index in self._batches(cells, shuffle, self.shuffle_generator, drop_last=True):
             step = epoch * steps_per_epoch + n_steps
             for group in optimizer.param_groups:
