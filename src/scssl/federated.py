@@ -72,7 +72,7 @@ try:
     from flwr.serverapp.strategy import FedAvg
 except ImportError as err:  # pragma: no cover - exercised only without the extra
     raise ImportError(
-        "scssl.federated needs Flower: pip install 'scssl[federated]' "
+        "scssl.federated needs Flower: pip install -e '.[federated]' in the scssl checkout "
         "(or pip install 'flwr[simulation]==1.42.0')"
     ) from err
 
