@@ -53,6 +53,15 @@ def write_h5ad(adata: ad.AnnData, out: str, input_path: str | None, overwrite: b
     atomic_write(out_path, lambda tmp: adata.write_h5ad(tmp, compression="gzip"))
 
 
+def refuse_existing_model(args, allowed: bool = False) -> Path:
+    """``--out`` as a Path; fail before any training when it already holds a model and neither
+    ``--overwrite`` nor ``allowed`` (e.g. ``--resume``) says to go on."""
+    out = Path(args.out)
+    if (out / "config.json").exists() and not (args.overwrite or allowed):
+        raise SystemExit(f"error: {out} already holds a model; pass --overwrite or choose another --out")
+    return out
+
+
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """The options of every command that trains a model: where it goes, which method, which matrix."""
     p.add_argument("--out", required=True, help="model folder to write (config.json + weights.safetensors)")
@@ -88,9 +97,7 @@ def run_pretrain(args) -> None:
     from scssl import SSLModel
     from scssl.distributed import is_main_process
 
-    out = Path(args.out)
-    if (out / "config.json").exists() and not (args.overwrite or args.resume):
-        raise SystemExit(f"error: {out} already holds a model; pass --overwrite or choose another --out")
+    out = refuse_existing_model(args, allowed=args.resume)
     adata = read_h5ad(args.input, args.backed)
     model = SSLModel(adata, method=args.method, layer=args.layer, use_raw=args.use_raw,
                      batch_key=args.batch_key, **_parse_set(args.set))
@@ -269,9 +276,7 @@ def _federated(sub) -> None:
 
 
 def run_federated(args) -> None:
-    out = Path(args.out)
-    if (out / "config.json").exists() and not args.overwrite:  # before the training, not after
-        raise SystemExit(f"error: {out} already holds a model; pass --overwrite or choose another --out")
+    out = refuse_existing_model(args)
     for path in args.inputs:
         if not Path(path).exists():
             raise SystemExit(f"error: {path} not found")

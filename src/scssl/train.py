@@ -229,12 +229,10 @@ class Trainer:
         return total / n if n else math.nan
 
     def _fit_input_stats(self) -> None:
-        """The input transform's per-gene statistics over the training cells; in a distributed
-        run each process reads its share and the moments are summed (same result everywhere)."""
+        """The input transform's per-gene statistics over the training cells: each process
+        reads its share (all of them in one process) and the moments are summed over processes
+        (same result everywhere)."""
         transform = self.method.transform
-        if not self.dist.active:
-            transform.fit_stats(counts for counts, _ in self._batches(self.train_idx, False, None))
-            return
         share = self.train_idx[self.dist.rank :: self.dist.world_size]
         n, total, sq_total = transform.moments(counts for counts, _ in self._batches(share, False, None))
         sums = distributed.all_reduce_sum(torch.cat([total, sq_total, total.new_tensor([n])]), self.dist)
