@@ -183,6 +183,23 @@ def test_simulated_federation_trains_a_model_that_saves_loads_and_separates_cell
     assert trained_f1 > untrained_f1 + 0.15, (trained_f1, untrained_f1)
 
 
+def test_a_buffer_of_samples_is_pooled_by_rows_not_averaged():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(500, 3)), rng.normal(size=(500, 3))
+    pooled = federated.pool_rows([a, b], [300, 100], np.random.default_rng(1))
+    from_a, from_b = (pooled == a).all(1), (pooled == b).all(1)
+    assert (from_a ^ from_b).all()  # every row is one node's row, in its place
+    assert 0.70 < from_a.mean() < 0.80  # nodes drawn in proportion to their cells (0.75)
+
+    # End to end: MoCo's queue of unit-length keys stays a queue of unit-length keys.
+    sites = [make_counts(n_cells=120, n_genes=60, seed=s) for s in (0, 1)]
+    model = federated.simulate(sites, "moco", rounds=2, local_epochs=1, batch_size=32, seed=0,
+                               queue_size=64, **SMALL)
+    assert model.module.sample_buffers == ("queue",)
+    norms = model.module.queue.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+
+
 def test_a_nodes_error_reaches_the_caller_with_the_nodes_name():
     adata = make_counts(n_cells=80, n_genes=60)
     no_batches = adata.copy()

@@ -270,6 +270,15 @@ def pool_moments(
     return n, total, sq_total
 
 
+def pool_rows(arrays: Sequence[np.ndarray], weights: Sequence[float],
+              rng: np.random.Generator) -> np.ndarray:
+    """One array whose every row is the same row of one node's array, the node drawn per row
+    in proportion to its weight (its cells): how a buffer of samples is pooled."""
+    p = np.asarray(weights, np.float64)
+    source = rng.choice(len(arrays), size=len(arrays[0]), p=p / p.sum())
+    return np.stack(arrays)[source, np.arange(len(source))]
+
+
 def check_federable(model: SSLModel) -> None:
     """Refuse a method that must see the cells before training (see step 2 of the protocol).
 
@@ -557,16 +566,19 @@ def _raise_failures(replies: Sequence[Message], names: dict[int, str], what: str
 
 class _ScsslFedAvg(FedAvg):
     """FedAvg with scssl's round settings: the round's learning rate in its train config,
-    node sampling seeded by the run's seed, weights returned in their own dtypes, and a node's
-    failure stopping the run (Flower would log it and average the others)."""
+    node sampling seeded by the run's seed, weights returned in their own dtypes, buffers of
+    samples (``SSLMethod.sample_buffers``) pooled by rows, and a node's failure stopping the
+    run (Flower would log it and average the others)."""
 
     def __init__(
         self, settings: FederatedSettings, names: dict[int, str], dtypes: dict[str, np.dtype],
+        sample_buffers: Sequence[str] = (),
     ) -> None:
         n = len(names)
         super().__init__(fraction_train=settings.fraction_train, fraction_evaluate=1.0,
                          min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=n)
         self.settings, self.names, self.dtypes = settings, names, dtypes
+        self.sample_buffers = tuple(sample_buffers)
         self.sent: dict[int, list[int]] = {}
         self.rounds: dict[int, dict[str, int]] = {}
 
@@ -598,8 +610,12 @@ class _ScsslFedAvg(FedAvg):
         if arrays is None:
             raise RuntimeError(f"federated round {server_round}: no node returned weights (timeout "
                                f"{self.settings.timeout:.0f} s); check the SuperNodes' logs")
-        cells = sum(r.content.metric_records["metrics"]["num-examples"] for r in replies)
-        self.rounds[server_round] = {"nodes": len(replies), "cells": int(cells)}
+        cells = [r.content.metric_records["metrics"]["num-examples"] for r in replies]
+        self.rounds[server_round] = {"nodes": len(replies), "cells": int(sum(cells))}
+        rng = np.random.default_rng([self.settings.seed, server_round, 1])  # not the sampling stream
+        for key in self.sample_buffers:
+            rows = [r.content.array_records["arrays"][key].numpy() for r in replies]
+            arrays[key] = Array(pool_rows(rows, cells, rng))
         return self._own_dtypes(arrays), metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -705,7 +721,8 @@ def pretrain(grid: Grid, settings: FederatedSettings) -> SSLModel:
 
     # 3. Rounds.
     state = model.module.state_dict()
-    strategy = _ScsslFedAvg(settings, names, {k: v.numpy().dtype for k, v in state.items()})
+    strategy = _ScsslFedAvg(settings, names, {k: v.numpy().dtype for k, v in state.items()},
+                            sample_buffers=model.module.sample_buffers)
     config = ConfigRecord({"model": describe_model(model), "local-epochs": settings.local_epochs,
                            "batch-size": settings.batch_size, "seed": settings.seed})
     result = strategy.start(

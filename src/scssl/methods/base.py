@@ -156,6 +156,9 @@ class SSLMethod(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    sample_buffers: ClassVar[tuple[str, ...]] = ()
+    """Buffers whose rows are samples (MoCo's queue of keys). Federated averaging pools their
+    rows across nodes instead of averaging them: the mean of two unrelated keys is no key."""
 
     def __init__(
         self, n_genes: int, config: MethodConfig, input_kind: str = "counts", n_batches: int = 0,

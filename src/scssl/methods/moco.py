@@ -55,6 +55,7 @@ class MoCo(TwoViewMethod):
     """Query encoder + projector, momentum key encoder + projector, queue of negative keys."""
 
     Config = MoCoConfig
+    sample_buffers = ("queue",)
 
     def __init__(
         self, n_genes: int, config: MoCoConfig, input_kind: str = "counts", n_batches: int = 0,
