@@ -1,12 +1,13 @@
 """Throughput and quality of distributed (DDP) pre-training against one process.
 
-Each process count runs the same job under ``torchrun``: the default ``mae`` on a real dataset,
+Each process count runs the same job under ``torchrun``: a method (the default ``mae``) on a real dataset,
 a fixed number of epochs (no early stopping), the same effective minibatch (``--global-batch``
 split over the processes), one CPU thread (or one GPU) per process. Prints one row per process
 count: training seconds, cells per second, kNN macro-F1 and k-means ARI of the embedding.
 
     python benchmarks/distributed.py --nproc 1 2 --epochs 20            # CPU, Gloo
     python benchmarks/distributed.py --nproc 1 4 8 --device cuda         # GPUs, NCCL
+    python benchmarks/distributed.py --nproc 1 2 --method simclr         # negatives span the processes
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def worker(args) -> None:
 
     adata = ad.read_h5ad(DATA / DATASETS[args.dataset])
     ctx = context()
-    model = scssl.SSLModel(adata, method="mae", seed=args.seed)
+    model = scssl.SSLModel(adata, method=args.method, seed=args.seed)
     start = time.perf_counter()
     model.fit(max_epochs=args.epochs, batch_size=args.global_batch // ctx.world_size, patience=0,
               seed=args.seed, device=args.device, num_threads=1, progress=False)
@@ -58,6 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nproc", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="pbmc3k")
+    parser.add_argument("--method", default="mae")
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--global-batch", type=int, default=256)
     parser.add_argument("--device", default="cpu")
@@ -69,14 +71,15 @@ def main() -> None:
         worker(args)
         return
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, device {args.device}, {args.dataset}, "
-          f"{args.epochs} epochs, global batch {args.global_batch}")
+          f"{args.method}, {args.epochs} epochs, global batch {args.global_batch}")
     print("processes\tseconds\tcells/s\tknn_f1\tkmeans_ari")
     for n in args.nproc:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "result.json"
             env = {**os.environ, "OMP_NUM_THREADS": "1"}
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n),
-                   __file__, "--worker", str(out), "--dataset", args.dataset, "--epochs", str(args.epochs),
+                   __file__, "--worker", str(out), "--dataset", args.dataset, "--method", args.method,
+                   "--epochs", str(args.epochs),
                    "--global-batch", str(args.global_batch), "--device", args.device, "--seed", str(args.seed)]
             subprocess.run(cmd, check=True, env=env)
             row = json.loads(out.read_text())

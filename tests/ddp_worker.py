@@ -2,8 +2,8 @@
 
 Usage: ``torchrun --standalone --nproc-per-node 2 tests/ddp_worker.py OUT METHOD EPOCHS [MODE]``,
 MODE ``stop@K`` (exit at the start of epoch K, as if the job were killed) or ``resume``.
-Trains on the synthetic counts of ``conftest.make_counts`` and writes, per rank, a JSON with a
-hash of the final parameters, the history and the embedding's kNN F1 on the groups.
+Trains on the synthetic counts of ``conftest.make_counts`` and writes, per rank, a JSON with
+hashes of the final parameters and buffers, the history and the embedding's kNN F1 on the groups.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def stop_at(epoch_to_stop: int) -> None:
     Trainer.train_epoch = interrupted
 
 
+def digest(named_tensors) -> str:
+    sha = hashlib.sha256()
+    for name, tensor in sorted(named_tensors):
+        sha.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
+
+
 def main() -> None:
     out, method, epochs = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     mode = sys.argv[4] if len(sys.argv) > 4 else ""
@@ -45,13 +52,11 @@ def main() -> None:
     model = SSLModel(adata, method=method, hidden=(64,), latent_dim=8)
     model.fit(max_epochs=epochs, batch_size=32, patience=0, num_threads=1, progress=False,
               checkpoint_dir=out / "checkpoints", resume=mode == "resume")
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.module.named_parameters()):
-        digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
     ctx = context()
     embedding = model.embed(adata)
     result = {
-        "rank": ctx.rank, "world_size": ctx.world_size, "weights": digest.hexdigest(),
+        "rank": ctx.rank, "world_size": ctx.world_size,
+        "weights": digest(model.module.named_parameters()), "buffers": digest(model.module.named_buffers()),
         "history": model.history, "knn_f1": float(knn_macro_f1(embedding, adata.obs["group"].to_numpy())),
     }
     (out / f"rank{ctx.rank}.json").write_text(json.dumps(result))

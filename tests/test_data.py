@@ -1,12 +1,9 @@
 import anndata as ad
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from scssl.data import CellData, DataError
-
-from conftest import make_counts
 
 
 def test_reads_x_and_layer_and_detects_kind(counts_adata):

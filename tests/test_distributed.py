@@ -16,6 +16,7 @@ from scssl import SSLModel
 from scssl.distributed import Context, init, shard
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+GATHER_WORKER = Path(__file__).with_name("ddp_gather_worker.py")
 
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -71,6 +72,26 @@ def test_processes_end_with_the_same_weights_and_learn(ddp_runs):
     losses = [epoch["val_loss"] for epoch in first["history"]]
     assert len(losses) == 4 and losses[-1] < losses[0]
     assert first["knn_f1"] > 0.7  # the three synthetic groups separate in the embedding
+
+
+def test_batch_wide_losses_span_every_process(tmp_path):
+    """Two processes with half a batch each take the step one process takes with all of it."""
+    result = torchrun(str(GATHER_WORKER), str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for rank in ranks(tmp_path):
+        for method, gaps in rank.items():
+            loss_gap, gradient_gap = gaps["gathered"]
+            assert loss_gap < 1e-5 and gradient_gap < 1e-5, method
+            # Without gathering, each process's loss sees only its half: the check can tell.
+            assert max(gaps["per_process"]) > 1e-3, method
+
+
+def test_moco_processes_share_one_queue(tmp_path):
+    result = torchrun(str(WORKER), str(tmp_path), "moco", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = ranks(tmp_path)
+    assert first["weights"] == second["weights"]
+    assert first["buffers"] == second["buffers"]  # the queue included: every key went to both
 
 
 def test_only_rank0_checkpoints_and_a_killed_run_resumes_exactly(ddp_runs):

@@ -4,6 +4,7 @@ simulations (about 60 s together on 2 cores, most of it ray starting its workers
 from __future__ import annotations
 
 import builtins
+import json
 import itertools
 import math
 
@@ -173,6 +174,8 @@ def test_simulated_federation_trains_a_model_that_saves_loads_and_separates_cell
     loaded = scssl.SSLModel.load(tmp_path / "model")
     assert np.array_equal(loaded.embed(adata), embedding)
     assert loaded.history == model.history
+    training = json.loads((tmp_path / "model" / "config.json").read_text())["training"]["federated"]
+    assert (training["rounds"], training["local_epochs"], training["batch_size"]) == (rounds, 2, 64)
     scssl.pl.history(loaded, path=tmp_path / "rounds.png")
 
     # The same network before any round: same initial weights, same input statistics.

@@ -9,8 +9,6 @@ from scssl.data import DataError
 from scssl.methods.base import Batch
 from scssl.train import Trainer
 
-from conftest import make_counts
-
 FAST = dict(max_epochs=3, batch_size=64, progress=False)
 
 

@@ -104,6 +104,35 @@ def all_reduce_sum(values: torch.Tensor, ctx: Context) -> torch.Tensor:
     return values
 
 
+class _GatherRows(torch.autograd.Function):
+    """All-gather along the first dimension, with the gradient of every process's loss."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        # Every process computed its loss on every gathered row: this process's rows get the sum
+        # of all those gradients; DDP's mean over processes then gives the whole batch's gradient.
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        n = grad.shape[0] // dist.get_world_size()
+        return grad[dist.get_rank() * n : (dist.get_rank() + 1) * n]
+
+
+def gather_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows`` stacked in rank order, differentiable (a no-op without a process
+    group). Every process must pass the same shape: the trainer's equal shards and dropped last
+    batches see to it. A loss of the gathered rows, computed on each process, has after DDP's
+    gradient averaging the gradient of that loss on the whole distributed minibatch."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    return _GatherRows.apply(rows)
+
+
 def shutdown() -> None:
     """Leave the process group, if this process joined one (end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():

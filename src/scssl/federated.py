@@ -734,6 +734,7 @@ def pretrain(grid: Grid, settings: FederatedSettings) -> SSLModel:
     # 4. Result.
     model.module.load_state_dict(result.arrays.to_torch_state_dict())
     model.module.eval()
+    model.federation = asdict(settings)
     model.history = []
     for r in range(1, settings.rounds + 1):
         train, evaluate = result.train_metrics_clientapp.get(r), result.evaluate_metrics_clientapp.get(r)

@@ -68,6 +68,7 @@ class SSLModel:
         self.config = method_cls.Config.from_dict(hyperparameters)
         self.history: list[dict] = []
         self.train_config: TrainConfig | None = None
+        self.federation: dict[str, Any] | None = None  # the settings of a federated run that trained it
         self.data: CellData | None = None
         if adata is None:
             return  # filled in by load()
@@ -214,9 +215,15 @@ class SSLModel:
             "method": self.method_name, "hyperparameters": self.config.to_dict(),
             "genes": self.genes, "input": asdict(self.spec),
             "batch_key": self.batch_key, "batch_categories": self.batch_categories,
-            "training": None if self.train_config is None else asdict(self.train_config),
+            "training": self._training_record(),
             "history": self.history, "weights_sha256": sha,
         })
+
+    def _training_record(self) -> dict[str, Any] | None:
+        """How the weights were trained, for ``config.json``: the fit's settings, or the federation's."""
+        if self.train_config is not None:
+            return asdict(self.train_config)
+        return None if self.federation is None else {"federated": self.federation}
 
     @classmethod
     def load(cls, path: str | Path, adata: ad.AnnData | None = None) -> SSLModel:

@@ -297,7 +297,11 @@ class Trainer:
             ``False`` when they are already set (a federated round gets them from the server).
         """
         with cpu_threads(self.config.num_threads):
-            return self._fit(resume, progress and self.dist.is_main, fit_inputs)
+            self.method.spans_processes = self.dist.active  # batch-wide losses see every process's rows
+            try:
+                return self._fit(resume, progress and self.dist.is_main, fit_inputs)
+            finally:
+                self.method.spans_processes = False
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                     total_steps: int, warmup_steps: int) -> float:
@@ -358,10 +362,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             # Buffers are not synced per step: input statistics are reduced over processes,
-            # gene modules come from the same cells on every process, EMA targets follow identical weights, a MoCo queue
-            # stays per process (its own keys), and projector BatchNorm normalises each
-            # process's batch (SyncBatchNorm is GPU-only); its running statistics, unused by
-            # embed, stay per process and rank 0's are saved.
+            # gene modules come from the same cells on every process, EMA targets follow
+            # identical weights, a MoCo queue receives every process's keys; projector BatchNorm
+            # normalises each process's batch (SyncBatchNorm is GPU-only), and its running
+            # statistics, unused by embed, stay per process and rank 0's are saved.
             self.step_module = DistributedDataParallel(
                 _LossStep(self.method), device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False,

@@ -38,5 +38,6 @@ class BarlowTwins(TwoViewMethod):
 
     def loss(self, batch: Batch) -> LossOutput:
         view1, view2 = self.views(batch)
-        loss = barlow_twins_loss(self.project(view1), self.project(view2), self.config.lambd)
+        z1, z2 = self.across_processes(self.project(view1), self.project(view2))
+        loss = barlow_twins_loss(z1, z2, self.config.lambd)
         return LossOutput(total=loss, parts={"barlow_twins": loss.detach()})

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from scssl import distributed
 from scssl.encoders import build_encoder
 from scssl.transforms import InputTransform
 
@@ -170,6 +171,7 @@ class SSLMethod(nn.Module):
         self.n_batches = n_batches
         self.input_kind = input_kind
         self.gene_names = None if gene_names is None else list(gene_names)
+        self.spans_processes = False  # set by the trainer for a distributed fit
         self.transform = InputTransform(n_genes, kind=input_kind, scale=config.scale)
         self.encoder = build_encoder(
             config.encoder, n_genes, hidden=config.hidden, latent_dim=config.latent_dim,
@@ -187,6 +189,17 @@ class SSLMethod(nn.Module):
 
     def loss(self, batch: Batch) -> LossOutput:
         raise NotImplementedError
+
+    def across_processes(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The rows of ``tensors`` from every process of a distributed fit, in rank order, with
+        gradients; as given otherwise (one process, or evaluation).
+
+        For losses over the batch as a whole (negatives, batch statistics), so that they see the
+        whole distributed minibatch rather than this process's share of it.
+        """
+        if not (self.training and self.spans_processes):
+            return tensors
+        return tuple(distributed.gather_rows(t) for t in tensors)
 
     @property
     def setup_needs_data(self) -> bool:

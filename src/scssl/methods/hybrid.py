@@ -67,7 +67,8 @@ class Hybrid(TwoViewMethod):
         # Held-out genes are hidden from both views (0 = the training mean after scaling).
         h1 = self.encoder(view1.masked_fill(held_out, 0.0))
         h2 = self.encoder(view2.masked_fill(held_out, 0.0))
-        contrastive = nt_xent(self.projector(h1).float(), self.projector(h2).float(), cfg.temperature)
+        z1, z2 = self.across_processes(self.projector(h1).float(), self.projector(h2).float())
+        contrastive = nt_xent(z1, z2, cfg.temperature)
         # Targets are the clean values, so the head learns expression, not the augmentation noise.
         prediction = 0.5 * (
             masked_mse(self.gene_head(h1).float(), batch.x, held_out)

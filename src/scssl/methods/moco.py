@@ -4,7 +4,8 @@ A query network is trained with InfoNCE against the key of the other view, compu
 momentum copy of the encoder and projector, and against a FIFO queue of earlier keys as
 negatives (He et al. 2020, CVPR; MoCo v2 projector, Chen et al. 2020). For scRNA-seq: CLEAR
 (Han et al. 2022), CLAIRE (Yan et al. 2023) and scCM use the same queue of negatives.
-The queue and its pointer are buffers, so checkpoints and saved models carry them.
+The queue and its pointer are buffers, so checkpoints and saved models carry them; in a
+distributed fit every process enqueues the keys of the whole distributed minibatch.
 """
 
 from __future__ import annotations
@@ -81,8 +82,9 @@ class MoCo(TwoViewMethod):
         t = self.config.temperature
         loss = 0.5 * (info_nce_queue(q1, k2, self.queue, t) + info_nce_queue(q2, k1, self.queue, t))
         if self.training:
-            # The queue is in this step's graph: enqueue only after the optimiser step.
-            self._pending_keys = torch.cat([k1, k2])
+            # The queue is in this step's graph: enqueue only after the optimiser step. Every
+            # process enqueues every process's keys, so the queues stay one queue.
+            self._pending_keys = torch.cat(self.across_processes(k1, k2))
         return LossOutput(total=loss, parts={"info_nce": loss.detach()})
 
     @torch.no_grad()

@@ -35,5 +35,6 @@ class SimCLR(TwoViewMethod):
 
     def loss(self, batch: Batch) -> LossOutput:
         view1, view2 = self.views(batch)
-        loss = nt_xent(self.project(view1), self.project(view2), self.config.temperature)
+        z1, z2 = self.across_processes(self.project(view1), self.project(view2))
+        loss = nt_xent(z1, z2, self.config.temperature)
         return LossOutput(total=loss, parts={"nt_xent": loss.detach()})

@@ -40,7 +40,6 @@ class VICReg(TwoViewMethod):
     def loss(self, batch: Batch) -> LossOutput:
         view1, view2 = self.views(batch)
         cfg = self.config
-        total, parts = vicreg_loss(
-            self.project(view1), self.project(view2), cfg.sim_weight, cfg.var_weight, cfg.cov_weight
-        )
+        z1, z2 = self.across_processes(self.project(view1), self.project(view2))
+        total, parts = vicreg_loss(z1, z2, cfg.sim_weight, cfg.var_weight, cfg.cov_weight)
         return LossOutput(total=total, parts={k: v.detach() for k, v in parts.items()})
