@@ -5,7 +5,8 @@ For each method whose loss spans the batch, one DDP step on this process's half 
 batch against the same method, same weights, on the whole batch in one process; writes per
 rank a JSON of the largest loss and gradient differences, with and without gathering rows.
 Views carry no augmentation and the projector no batch norm, so the two computations see the
-same inputs and only the span of the loss can differ.
+same inputs and only the span of the loss can differ. mae's random masks depend on the batch's
+shape, so its batch-wide term (the batch MMD) is checked on its own, through an encoder.
 """
 
 from __future__ import annotations
@@ -18,10 +19,30 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from scssl.losses import batch_mmd
 from scssl.methods import get_method
 from scssl.train import _LossStep
 
 N_CELLS, N_GENES = 16, 30
+
+
+def largest_gradient_gap(whole: torch.nn.Module, shared: torch.nn.Module) -> float:
+    return max(
+        (a.grad - b.grad).abs().max().item()
+        for a, b in zip(whole.parameters(), shared.parameters(), strict=True) if a.grad is not None
+    )
+
+
+def twins(cls, counts: torch.Tensor, config, **kwargs) -> list:
+    """Two copies of a method with identical weights and input statistics, in training mode:
+    the whole batch's reference and the distributed copy."""
+    methods = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        method = cls(N_GENES, config, **kwargs)
+        method.transform.set_stats(*method.transform.moments([counts]))
+        methods.append(method.train())
+    return methods
 
 
 def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> tuple[float, float]:
@@ -29,14 +50,7 @@ def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> tuple[fl
     cls = get_method(name)
     config = cls.Config(hidden=(16,), latent_dim=4, dropout=0.0, augmentations={}, projection_norm=None,
                         projection_hidden=8, projection_dim=6)
-    methods = []
-    for _ in range(2):  # identical weights: the reference and the distributed copy
-        torch.manual_seed(1)
-        method = cls(N_GENES, config)
-        method.transform.set_stats(*method.transform.moments([counts]))
-        method.train()
-        methods.append(method)
-    whole, shared = methods
+    whole, shared = twins(cls, counts, config)
     whole_loss = whole.loss(whole.prepare(counts)).total
     whole_loss.backward()
 
@@ -46,11 +60,34 @@ def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> tuple[fl
     step = DistributedDataParallel(_LossStep(shared))
     loss = step(share, None, None)
     loss.backward()
-    gradient_gap = max(
-        (a.grad - b.grad).abs().max().item()
-        for a, b in zip(whole.parameters(), shared.parameters(), strict=True) if a.grad is not None
-    )
-    return abs(loss.item() - whole_loss.item()), gradient_gap
+    return abs(loss.item() - whole_loss.item()), largest_gradient_gap(whole, shared)
+
+
+class _BatchMMDStep(torch.nn.Module):
+    """mae's batch MMD term on the embeddings of one encoder, as a DDP forward."""
+
+    def __init__(self, method, n_batches: int) -> None:
+        super().__init__()
+        self.method, self.n_batches = method, n_batches
+
+    def forward(self, counts: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+        z = self.method.embed(self.method.transform(counts))
+        return batch_mmd(*self.method.across_processes(z, batch_index), self.n_batches)
+
+
+def batch_mmd_step(counts: torch.Tensor, spans_processes: bool) -> tuple[float, float]:
+    """As :func:`one_step`, for mae's batch MMD term (two batches, interleaved cells)."""
+    config = get_method("mae").Config(hidden=(16,), latent_dim=4, dropout=0.0)
+    batch_index = torch.arange(N_CELLS) % 2
+    whole, shared = (_BatchMMDStep(m, 2) for m in twins(get_method("mae"), counts, config, n_batches=2))
+    whole_loss = whole(counts, batch_index)
+    whole_loss.backward()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    shared.method.spans_processes = spans_processes
+    step = DistributedDataParallel(shared, find_unused_parameters=True)  # the decoder sits out
+    loss = step(counts.chunk(world)[rank], batch_index.chunk(world)[rank])
+    loss.backward()
+    return abs(loss.item() - whole_loss.item()), largest_gradient_gap(whole, shared)
 
 
 def main() -> None:
@@ -62,6 +99,7 @@ def main() -> None:
         name: {"gathered": one_step(name, counts, True), "per_process": one_step(name, counts, False)}
         for name in ("simclr", "barlow_twins", "vicreg")
     }
+    result["mae_batch_mmd"] = {"gathered": batch_mmd_step(counts, True), "per_process": batch_mmd_step(counts, False)}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
     dist.destroy_process_group()
 

@@ -308,7 +308,7 @@ class MAE(SSLMethod):
             parts["kl"] = kl.detach()
         if self.config.batch_mmd_weight > 0 and batch.batch_index is not None and self.n_batches > 1:
             # On the draw, not the mean: pbmc_3chem's figures were better so (results README).
-            alignment = batch_mmd(drawn.float(), batch.batch_index, self.n_batches)
+            alignment = batch_mmd(*self.across_processes(drawn.float(), batch.batch_index), self.n_batches)
             total = total + self.config.batch_mmd_weight * alignment
             parts["batch_mmd"] = alignment.detach()
         if self.config.mask_prediction_weight > 0:
