@@ -3,9 +3,9 @@
 Usage: ``torchrun --standalone --nproc-per-node 2 tests/ddp_gather_worker.py OUT``.
 For each method whose loss spans the batch, one DDP step on this process's half of a fixed
 batch against the same method, same weights, on the whole batch in one process; writes per
-rank a JSON of the largest loss and gradient differences, with and without gathering rows.
-Views carry no augmentation and the projector no batch norm, so the two computations see the
-same inputs and only the span of the loss can differ. mae's random masks depend on the batch's
+rank a JSON of the largest loss, gradient and buffer differences, with and without gathering rows.
+Views carry no augmentation, so the two computations see the same inputs and only the span of
+the loss and of the projector's batch norm can differ. mae's random masks depend on the batch's
 shape, so its batch-wide term (the batch MMD) is checked on its own, through an encoder.
 """
 
@@ -21,16 +21,19 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scssl.losses import batch_mmd
 from scssl.methods import get_method
-from scssl.train import _LossStep
+from scssl.train import _LossStep, span_processes
 
 N_CELLS, N_GENES = 16, 30
 
 
-def largest_gradient_gap(whole: torch.nn.Module, shared: torch.nn.Module) -> float:
-    return max(
-        (a.grad - b.grad).abs().max().item()
-        for a, b in zip(whole.parameters(), shared.parameters(), strict=True) if a.grad is not None
-    )
+def gaps(loss: torch.Tensor, whole_loss: torch.Tensor, whole: torch.nn.Module, shared: torch.nn.Module) -> list[float]:
+    """Largest |difference| of the losses, of the gradients and of the buffers (batch norm's
+    running statistics among them) between the distributed copy and the whole-batch reference."""
+    pairs = zip(whole.parameters(), shared.parameters(), strict=True)
+    gradient = max((a.grad - b.grad).abs().max().item() for a, b in pairs if a.grad is not None)
+    buffer = max((a.float() - b.float()).abs().max().item()
+                 for a, b in zip(whole.buffers(), shared.buffers(), strict=True))
+    return [abs(loss.item() - whole_loss.item()), gradient, buffer]
 
 
 def twins(cls, counts: torch.Tensor, config, **kwargs) -> list:
@@ -45,10 +48,10 @@ def twins(cls, counts: torch.Tensor, config, **kwargs) -> list:
     return methods
 
 
-def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> tuple[float, float]:
-    """(|loss difference|, largest |gradient difference|) of one distributed step against the whole batch."""
+def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> list[float]:
+    """:func:`gaps` of one distributed step against the same step on the whole batch."""
     cls = get_method(name)
-    config = cls.Config(hidden=(16,), latent_dim=4, dropout=0.0, augmentations={}, projection_norm=None,
+    config = cls.Config(hidden=(16,), latent_dim=4, dropout=0.0, augmentations={}, projection_norm="batch",
                         projection_hidden=8, projection_dim=6)
     whole, shared = twins(cls, counts, config)
     whole_loss = whole.loss(whole.prepare(counts)).total
@@ -56,11 +59,11 @@ def one_step(name: str, counts: torch.Tensor, spans_processes: bool) -> tuple[fl
 
     rank, world = dist.get_rank(), dist.get_world_size()
     share = counts.chunk(world)[rank]
-    shared.spans_processes = spans_processes
+    span_processes(shared, spans_processes)
     step = DistributedDataParallel(_LossStep(shared))
     loss = step(share, None, None)
     loss.backward()
-    return abs(loss.item() - whole_loss.item()), largest_gradient_gap(whole, shared)
+    return gaps(loss, whole_loss, whole, shared)
 
 
 class _BatchMMDStep(torch.nn.Module):
@@ -75,7 +78,7 @@ class _BatchMMDStep(torch.nn.Module):
         return batch_mmd(*self.method.across_processes(z, batch_index), self.n_batches)
 
 
-def batch_mmd_step(counts: torch.Tensor, spans_processes: bool) -> tuple[float, float]:
+def batch_mmd_step(counts: torch.Tensor, spans_processes: bool) -> list[float]:
     """As :func:`one_step`, for mae's batch MMD term (two batches, interleaved cells)."""
     config = get_method("mae").Config(hidden=(16,), latent_dim=4, dropout=0.0)
     batch_index = torch.arange(N_CELLS) % 2
@@ -83,11 +86,11 @@ def batch_mmd_step(counts: torch.Tensor, spans_processes: bool) -> tuple[float, 
     whole_loss = whole(counts, batch_index)
     whole_loss.backward()
     rank, world = dist.get_rank(), dist.get_world_size()
-    shared.method.spans_processes = spans_processes
+    span_processes(shared.method, spans_processes)
     step = DistributedDataParallel(shared, find_unused_parameters=True)  # the decoder sits out
     loss = step(counts.chunk(world)[rank], batch_index.chunk(world)[rank])
     loss.backward()
-    return abs(loss.item() - whole_loss.item()), largest_gradient_gap(whole, shared)
+    return gaps(loss, whole_loss, whole, shared)
 
 
 def main() -> None:

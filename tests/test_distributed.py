@@ -80,8 +80,7 @@ def test_batch_wide_losses_span_every_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     for rank in ranks(tmp_path):
         for method, gaps in rank.items():
-            loss_gap, gradient_gap = gaps["gathered"]
-            assert loss_gap < 1e-5 and gradient_gap < 1e-5, method
+            assert max(gaps["gathered"]) < 1e-4, method  # loss, gradients, running statistics
             # Without gathering, each process's loss sees only its half: the check can tell.
             assert max(gaps["per_process"]) > 1e-3, method
 

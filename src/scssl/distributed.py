@@ -7,8 +7,10 @@ and DistributedDataParallel averages the gradients::
 
 or, from Python, ``SSLModel(...).fit(...)`` inside a script started by ``torchrun`` (training
 turns distributed by itself when ``torchrun`` set ``WORLD_SIZE``). ``batch_size`` is per
-process, as in PyTorch: the effective minibatch is ``batch_size × world size``. GPUs use the
-NCCL backend (one GPU per process, ``cuda:LOCAL_RANK``), CPUs use Gloo.
+process, as in PyTorch: the effective minibatch is ``batch_size × world size``, and losses over
+the batch as a whole (contrastive negatives, batch statistics, batch norm) see all of it through
+:func:`gather_rows`. GPUs use the NCCL backend (one GPU per process, ``cuda:LOCAL_RANK``), CPUs
+use Gloo.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from scssl import distributed
+
 ENCODERS: dict[str, type[nn.Module]] = {}
 
 
@@ -23,6 +25,31 @@ def register_encoder(name: str):
         return cls
 
     return wrap
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` whose training statistics span every process of a distributed fit.
+
+    The trainer sets ``spans_processes`` for such a fit; the batch mean and variance then come
+    from every process's rows (gathered with their gradients), on CPU and GPU alike, so that N
+    processes normalise as one process would with the whole minibatch (torch's SyncBatchNorm
+    is GPU-only). Otherwise, and in evaluation, it is ``nn.BatchNorm1d``; same saved tensors.
+    """
+
+    spans_processes = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and self.spans_processes):
+            return super().forward(x)
+        rows = distributed.gather_rows(x.float())
+        mean, var = rows.mean(0), rows.var(0, unbiased=False)
+        with torch.no_grad():
+            n = rows.shape[0]
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)  # unbiased, as torch keeps it
+        out = (x.float() - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        return out.to(x.dtype)
 
 
 def mlp(
@@ -42,7 +69,7 @@ def mlp(
         if norm == "layer":
             layers.append(nn.LayerNorm(n_out))
         elif norm == "batch":
-            layers.append(nn.BatchNorm1d(n_out))
+            layers.append(BatchNorm1d(n_out))
         elif norm is not None:
             raise ValueError(f"norm must be 'layer', 'batch' or None, got {norm!r}")
         layers.append(nn.GELU())

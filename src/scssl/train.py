@@ -137,6 +137,14 @@ def split_cells(n_cells: int, fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def span_processes(method: SSLMethod, active: bool) -> None:
+    """Let the method's batch-wide losses and batch norms see every process's rows (``active``)
+    or only their own: the modules with a ``spans_processes`` flag."""
+    for module in method.modules():
+        if hasattr(module, "spans_processes"):
+            module.spans_processes = active
+
+
 class _LossStep(torch.nn.Module):
     """``method.prepare`` + ``method.loss`` as one forward, so DistributedDataParallel sees the
     whole step and averages every gradient the loss produced."""
@@ -297,11 +305,11 @@ class Trainer:
             ``False`` when they are already set (a federated round gets them from the server).
         """
         with cpu_threads(self.config.num_threads):
-            self.method.spans_processes = self.dist.active  # batch-wide losses see every process's rows
+            span_processes(self.method, self.dist.active)
             try:
                 return self._fit(resume, progress and self.dist.is_main, fit_inputs)
             finally:
-                self.method.spans_processes = False
+                span_processes(self.method, False)
 
     def train_epoch(self, epoch: int, optimizer: torch.optim.Optimizer, steps_per_epoch: int,
                     total_steps: int, warmup_steps: int) -> float:
@@ -361,11 +369,10 @@ class Trainer:
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            # Buffers are not synced per step: input statistics are reduced over processes,
-            # gene modules come from the same cells on every process, EMA targets follow
-            # identical weights, a MoCo queue receives every process's keys; projector BatchNorm
-            # normalises each process's batch (SyncBatchNorm is GPU-only), and its running
-            # statistics, unused by embed, stay per process and rank 0's are saved.
+            # Buffers need no sync per step: input statistics are reduced over processes, gene
+            # modules come from the same cells on every process, EMA targets follow identical
+            # weights, a MoCo queue receives every process's keys, and batch norm's running
+            # statistics come from every process's rows (encoders.BatchNorm1d).
             self.step_module = DistributedDataParallel(
                 _LossStep(self.method), device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 forward_sync_buffers=False,

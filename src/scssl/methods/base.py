@@ -171,7 +171,7 @@ class SSLMethod(nn.Module):
         self.n_batches = n_batches
         self.input_kind = input_kind
         self.gene_names = None if gene_names is None else list(gene_names)
-        self.spans_processes = False  # set by the trainer for a distributed fit
+        self.spans_processes = False  # set by the trainer for a distributed fit (train.span_processes)
         self.transform = InputTransform(n_genes, kind=input_kind, scale=config.scale)
         self.encoder = build_encoder(
             config.encoder, n_genes, hidden=config.hidden, latent_dim=config.latent_dim,
