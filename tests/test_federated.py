@@ -4,8 +4,8 @@ simulations (about 60 s together on 2 cores, most of it ray starting its workers
 from __future__ import annotations
 
 import builtins
-import json
 import itertools
+import json
 import math
 
 import anndata as ad

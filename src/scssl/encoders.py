@@ -41,14 +41,15 @@ class BatchNorm1d(nn.BatchNorm1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and self.spans_processes):
             return super().forward(x)
-        rows = distributed.gather_rows(x.float())
+        x32 = x.float()  # statistics in float32 under bf16 autocast
+        rows = distributed.gather_rows(x32)
         mean, var = rows.mean(0), rows.var(0, unbiased=False)
         with torch.no_grad():
             n = rows.shape[0]
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)  # unbiased, as torch keeps it
-        out = (x.float() - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        out = (x32 - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
         return out.to(x.dtype)
 
 
