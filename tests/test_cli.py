@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -22,12 +23,21 @@ def test_pretrain_then_embed(tmp_path, counts_adata, capsys):
     assert main(["pretrain", str(cells), "--out", str(model_dir), "--epochs", "2", "--batch-size", "64",
                  "--set", "hidden=[32]", "--set", "latent_dim=6"]) == 0
     assert (model_dir / "config.json").exists() and (model_dir / "checkpoints" / "last.json").exists()
+    assert json.loads((model_dir / "config.json").read_text())["training"]["amp"] is None
     out = tmp_path / "embedded.h5ad"
     assert main(["embed", str(model_dir), str(cells), "--out", str(out)]) == 0
     embedded = ad.read_h5ad(out)
     expected = scssl.SSLModel.load(model_dir).embed(counts_adata)
     assert np.allclose(embedded.obsm["X_scssl"], expected, atol=1e-6)
     assert "X_scssl" not in ad.read_h5ad(cells).obsm  # the input file is untouched
+
+
+def test_pretrain_amp_on_is_recorded_with_the_model(tmp_path, counts_adata):
+    cells = tmp_path / "cells.h5ad"
+    counts_adata.write_h5ad(cells)
+    assert main(["pretrain", str(cells), "--out", str(tmp_path / "m"), "--epochs", "1", "--amp", "on",
+                 "--set", "hidden=[16]"]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["amp"] is True
 
 
 def test_embed_refuses_to_overwrite_the_input(tmp_path, counts_adata):

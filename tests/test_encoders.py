@@ -1,11 +1,11 @@
-"""Encoders: the transformer over top-k gene tokens."""
+"""Encoders: the transformer over top-k gene tokens; batch norm over processes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from scssl.encoders import ENCODERS, TransformerEncoder, build_encoder
+from scssl.encoders import ENCODERS, BatchNorm1d, TransformerEncoder, build_encoder
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -106,3 +106,21 @@ def test_transformer_keeps_attention_weights_undropped_for_the_fused_kernel():
     encoder = TransformerEncoder(50, dropout=0.3, top_k=8, d_model=16)
     assert all(layer.self_attn.dropout == 0.0 for layer in encoder.transformer.layers)
     assert all(layer.dropout1.p == 0.3 for layer in encoder.transformer.layers)  # residual dropout stays
+
+
+def test_batch_norm_over_processes_keeps_float32_statistics_under_bf16_autocast():
+    """The distributed branch of ``BatchNorm1d`` (here over one process) under the autocast
+    that CUDA and ``amp=True`` train with: bf16 in and out, statistics as torch's in float32."""
+    torch.manual_seed(0)
+    linear, spanning, reference = torch.nn.Linear(20, 8), BatchNorm1d(8), torch.nn.BatchNorm1d(8)
+    spanning.spans_processes = True
+    x = torch.randn(64, 20) * 3 + 1
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = linear(x)
+        out = spanning(h)
+    assert h.dtype == out.dtype == torch.bfloat16
+    expected = reference(h.float())
+    assert torch.allclose(out.float(), expected, atol=0.05)  # bf16 keeps ~3 significant digits
+    assert torch.allclose(spanning.running_mean, reference.running_mean, atol=1e-6)
+    assert torch.allclose(spanning.running_var, reference.running_var, atol=1e-5)
+    assert spanning.running_mean.dtype == torch.float32

@@ -45,6 +45,24 @@ def test_training_learns_groups(counts_adata):
     assert trained > 0.9 and trained >= untrained
 
 
+@pytest.mark.parametrize("method", ["mae", "simclr"])
+def test_amp_trains_in_bf16_on_the_cpu_when_asked(counts_adata, method):
+    """``amp=None`` keeps the CPU in float32; ``amp=True`` autocasts there too (as on CUDA):
+    the losses move off float32's, the run still learns the groups."""
+    from scssl.metrics import knn_macro_f1
+
+    def fit(amp):
+        model = scssl.SSLModel(counts_adata, method=method, hidden=(64,), latent_dim=8)
+        model.fit(max_epochs=20, batch_size=64, progress=False, device="cpu", amp=amp)
+        return model, [h["train_loss"] for h in model.history]
+
+    (_, default), (_, float32), (model, bf16) = fit(None), fit(False), fit(True)
+    assert default == float32
+    assert bf16 != float32 and np.allclose(bf16[:3], float32[:3], rtol=0.02)
+    emb = model.embed()
+    assert emb.dtype == np.float32 and knn_macro_f1(emb, counts_adata.obs["group"]) > 0.9
+
+
 def test_mae_loss_only_on_masked_genes(counts_adata):
     model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4, mask_ratio=0.25)
     module = model.module.eval()

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import anndata as ad
 
+AMP = {"auto": None, "on": True, "off": False}  # --amp → TrainConfig.amp
+
 
 def _parse_set(pairs: list[str]) -> dict:
     """``["mask_ratio=0.5", "hidden=[256,128]"]`` → hyper-parameters (values parsed as JSON when possible)."""
@@ -88,6 +90,9 @@ def _pretrain(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=sorted(AMP), default="auto",
+                   help="bf16 autocast: auto = on CUDA only; on = on the CPU too (faster on CPUs "
+                        "with AMX or AVX-512 BF16); off = never")
     p.add_argument("--backed", action="store_true", help="read the file out of core (backed='r')")
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in OUT/checkpoints")
     p.set_defaults(func=run_pretrain)
@@ -102,7 +107,7 @@ def run_pretrain(args) -> None:
     model = SSLModel(adata, method=args.method, layer=args.layer, use_raw=args.use_raw,
                      batch_key=args.batch_key, **_parse_set(args.set))
     model.fit(max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-              device=args.device, checkpoint_dir=out / "checkpoints", resume=args.resume)
+              device=args.device, amp=AMP[args.amp], checkpoint_dir=out / "checkpoints", resume=args.resume)
     if is_main_process():  # under torchrun every process holds the same weights; one writes them
         model.save(out, overwrite=True)
         print(f"saved {model} to {out}")

@@ -62,7 +62,10 @@ class TrainConfig:
     device
         ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda[:i]"``.
     amp
-        bf16 autocast on CUDA.
+        bf16 autocast (matrix products in bfloat16; weights and optimiser state in float32).
+        ``None``: on CUDA only; ``True``: on every device, the CPU included (CPUs with AMX or
+        AVX-512 BF16 multiply in bf16 natively; elsewhere it can be slower than float32);
+        ``False``: never.
     num_threads
         CPU threads torch trains with (``None``: ``OMP_NUM_THREADS`` when set, else torch's
         current setting); see :func:`cpu_threads`.
@@ -84,7 +87,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     seed: int = 0
     device: str = "auto"
-    amp: bool = True
+    amp: bool | None = None
     num_threads: int | None = None
     lr_schedule: str = "cosine"
     restore_best: bool = True
@@ -200,7 +203,7 @@ class Trainer:
             yield counts, batch_index
 
     def _autocast(self):
-        enabled = self.config.amp and self.device.type == "cuda"
+        enabled = self.device.type == "cuda" if self.config.amp is None else self.config.amp
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _lr_factor(self, step: int, total: int, warmup: int) -> float:
