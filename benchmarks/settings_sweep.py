@@ -45,6 +45,7 @@ SETTINGS: dict[str, tuple[str, dict, dict, float]] = {
     "thin05_vae1": ("mae", {"thinning": 0.5, "variational_weight": 1.0}, {}, 1.0),
     "nb_vae1_l10": ("mae", {"loss": "nb", "variational_weight": 1.0, "latent_dim": 10}, {}, 1.0),
     "cpu_bf16": ("mae", {}, {"amp": True}, 1.0),
+    "tsmed": ("mae", {"target_sum": None}, {}, 1.0),
     "hyb_t05": ("hybrid", {"hidden": [1024, 256], "dropout": 0.3, "temperature": 0.5}, {}, 1.0),
 }
 _prepared: dict = {}  # per worker: dataset name -> scssl.bench.baselines.Prepared

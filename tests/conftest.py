@@ -25,6 +25,13 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def median_library(adata: ad.AnnData) -> float:
+    """The library size of the middle cell (the lower of the two middle ones for an even count),
+    the one ``InputTransform.set_target`` finds to within its histogram's 0.25% bins."""
+    libraries = np.sort(np.asarray(adata.X.sum(1)).ravel())
+    return float(libraries[(len(libraries) - 1) // 2])
+
+
 def make_counts(n_cells: int = 200, n_genes: int = 100, n_groups: int = 3, seed: int = 0) -> ad.AnnData:
     """Negative-binomial counts with ``n_groups`` cell groups that differ in a block of genes."""
     rng = np.random.default_rng(seed)

@@ -107,7 +107,8 @@ def test_only_rank0_checkpoints_and_a_killed_run_resumes_exactly(ddp_runs):
 
 def test_single_process_refuses_a_two_process_checkpoint(ddp_runs, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    model = SSLModel(make_counts(n_cells=400, n_genes=60, seed=3), method="mae", hidden=(64,), latent_dim=8)
+    model = SSLModel(make_counts(n_cells=400, n_genes=60, seed=3), method="mae", hidden=(64,), latent_dim=8,
+                     target_sum=None)  # the workers' settings
     with pytest.raises(ValueError, match="2 process"):
         model.fit(max_epochs=4, batch_size=32, patience=0, progress=False,
                   checkpoint_dir=ddp_runs["whole"] / "checkpoints", resume=True)

@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("flwr", reason="scssl.federated needs Flower: pip install 'scssl[federated]'")
 
-from conftest import make_counts
+from conftest import make_counts, median_library
 
 import scssl
 from scssl import federated
@@ -50,16 +50,20 @@ def test_pooled_moments_of_two_unequal_parts_give_the_statistics_of_all_cells(tm
     extra = ad.AnnData(sp.csr_matrix(np.ones((b.n_obs, 1), np.float32)), obs=b.obs,
                        var={"index": ["not_in_a"]})
     b = ad.concat([b, extra], axis=1, merge="first")
-    model = scssl.SSLModel.from_vocabulary(genes, MatrixSpec(kind="counts"), "mae", **SMALL)
-    parts = [federated.node_moments(write(x, tmp_path / f"{name}.h5ad"), model)
-             for name, x in (("a", a), ("b", b))]
+    model = scssl.SSLModel.from_vocabulary(genes, MatrixSpec(kind="counts"), "mae", target_sum=None, **SMALL)
+    nodes = [write(x, tmp_path / f"{name}.h5ad") for name, x in (("a", a), ("b", b))]
+    histograms = [federated.node_library_histogram(node, model) for node in nodes]
+    model.module.transform.set_target(sum(histograms))
+    parts = [federated.node_moments(node, model) for node in nodes]
     n, total, sq_total = federated.pool_moments(parts)
     assert n == adata.n_obs and total.dtype == torch.float64
     model.module.transform.set_stats(n, total, sq_total)
 
-    reference = scssl.SSLModel(adata, "mae", **SMALL).module.transform
+    reference = scssl.SSLModel(adata, "mae", target_sum=None, **SMALL).module.transform
     reference.fit_stats(torch.as_tensor(adata.X[i : i + 64].toarray()) for i in range(0, adata.n_obs, 64))
     assert reference.std.min() < 0.99  # real statistics, not the defaults
+    assert reference.target_sum.item() == pytest.approx(median_library(adata), rel=0.003)
+    assert model.module.transform.target_sum.item() == reference.target_sum.item()
     torch.testing.assert_close(model.module.transform.mean, reference.mean, atol=1e-6, rtol=0)
     torch.testing.assert_close(model.module.transform.std, reference.std, atol=1e-6, rtol=0)
 
@@ -184,6 +188,26 @@ def test_simulated_federation_trains_a_model_that_saves_loads_and_separates_cell
     labels = adata.obs["bulk_labels"]
     trained_f1, untrained_f1 = knn_macro_f1(embedding, labels), knn_macro_f1(untrained.embed(adata), labels)
     assert trained_f1 > untrained_f1 + 0.15, (trained_f1, untrained_f1)
+
+
+def test_a_federation_on_counts_normalises_to_the_median_library_of_all_cells(tmp_path):
+    adata = make_counts(n_cells=240, n_genes=60)
+    deep = np.arange(adata.n_obs) < 100  # the two sites differ in depth, so their medians differ
+    adata.X = sp.csr_matrix(adata.X.toarray() * np.where(deep, 3, 1)[:, None])
+    sites = [tmp_path / "deep.h5ad", tmp_path / "shallow.h5ad"]
+    adata[deep].copy().write_h5ad(sites[0])
+    adata[~deep].copy().write_h5ad(sites[1])
+    options = {"target_sum": None, **SMALL}
+    model = federated.simulate(sites, "mae", rounds=1, local_epochs=1, batch_size=64, seed=0, **options)
+
+    pooled = scssl.SSLModel(adata, "mae", **options).module.transform
+    pooled.fit_stats(torch.as_tensor(adata.X[i : i + 64].toarray()) for i in range(0, adata.n_obs, 64))
+    assert model.module.transform.target_sum.item() == pooled.target_sum.item()
+    assert pooled.target_sum.item() == pytest.approx(median_library(adata), rel=0.003)
+    assert model.config.target_sum == pytest.approx(pooled.target_sum.item())  # what nodes rebuilt with
+    torch.testing.assert_close(model.module.transform.mean, pooled.mean, atol=1e-5, rtol=0)
+    model.save(tmp_path / "model")
+    assert scssl.SSLModel.load(tmp_path / "model").module.transform.target_sum.item() == pooled.target_sum.item()
 
 
 def test_a_buffer_of_samples_is_pooled_by_rows_not_averaged():

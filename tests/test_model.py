@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import median_library
 
 import scssl
 from scssl.data import DataError
@@ -195,3 +196,37 @@ def test_training_uses_the_thread_count_asked_for(counts_adata, monkeypatch):
             model.fit(max_epochs=1, progress=False, num_threads=0)
     finally:
         torch.set_num_threads(previous)
+
+
+def test_cells_are_normalised_to_the_median_library_of_the_training_cells(tmp_path, counts_adata):
+    adata = counts_adata.copy()
+    adata.X = adata.X * 7  # a depth no fixed target would match
+    model = scssl.SSLModel(adata, "mae", hidden=(16,), latent_dim=4, target_sum=None)
+    model.fit(max_epochs=1, batch_size=64, progress=False, validation_fraction=0.0)
+    median = median_library(adata)
+    assert model.module.transform.target_sum.item() == pytest.approx(median, rel=0.003)
+    assert model.config.target_sum is None  # "from the data", recorded in the weights
+    model.save(tmp_path / "m")
+    assert scssl.SSLModel.load(tmp_path / "m").module.transform.target_sum.item() == pytest.approx(median, rel=0.003)
+
+    fixed = scssl.SSLModel(adata, "mae", hidden=(16,), latent_dim=4)  # the default
+    fixed.fit(max_epochs=1, batch_size=64, progress=False)
+    assert fixed.module.transform.target_sum.item() == 1e4
+    with pytest.raises(ValueError, match="target_sum must be a positive number"):
+        scssl.SSLModel(adata, "mae", target_sum="None")  # what `--set target_sum=None` would pass
+
+
+def test_a_model_saved_before_the_target_sum_buffer_loads_with_its_1e4_target(tmp_path, counts_adata):
+    from scssl.checkpoint import load_tensors, save_tensors
+
+    model = scssl.SSLModel(counts_adata, "mae", hidden=(16,), latent_dim=4).fit(**FAST)
+    model.save(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    state = load_tensors(tmp_path / "m" / "weights.safetensors", config["weights_sha256"])
+    del state["transform.target_sum"]
+    del config["hyperparameters"]["target_sum"]
+    config["weights_sha256"] = save_tensors(tmp_path / "m" / "weights.safetensors", state)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = scssl.SSLModel.load(tmp_path / "m")
+    assert loaded.module.transform.target_sum.item() == 1e4
+    assert np.allclose(loaded.embed(counts_adata), model.embed(counts_adata), atol=1e-6)

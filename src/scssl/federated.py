@@ -3,10 +3,12 @@
 Each institution (a Flower *node*) holds its own AnnData; a server coordinates
 (`Flower <https://flower.ai>`_'s Message API, FedAvg). **The server never sees a cell.** What
 leaves a node is, once, its gene names, its input kind (raw counts or log-normalised), its
-number of cells and, with a ``batch_key``, the names of its batches; once, the per-gene
-moments ``(n, Σx, Σx²)`` of its normalised values on the shared genes; and every round the
-model's weights after its local epochs, its number of cells and its mean loss. Weights and
-moments are aggregates, not anonymised: no differential privacy is added.
+number of cells and, with a ``batch_key``, the names of its batches; once, a histogram of its
+cells' library sizes on the shared genes (when the target sum comes from the data); once, the
+per-gene moments ``(n, Σx, Σx²)`` of its normalised values on the shared genes; and every
+round the model's weights after its local epochs, its number of cells and its mean loss.
+Weights, histograms and moments are aggregates, not anonymised: no differential privacy is
+added.
 
 The protocol:
 
@@ -15,8 +17,10 @@ The protocol:
    deployment: the lowest ``partition-id`` in the nodes' ``--node-config``, else the lowest
    node id). Disagreeing input kinds, or fewer than :data:`MIN_SHARED_GENES` shared genes,
    stop the run with an error naming the nodes.
-2. **Input statistics.** Every node sends the moments of its normalised values on those
-   genes; the pooled moments set the model's :class:`~scssl.transforms.InputTransform`
+2. **Input statistics.** With ``target_sum=None`` every node first sends a
+   histogram of its log library sizes, and the pooled median becomes the target sum (recorded
+   in the hyper-parameters). Then every node sends the moments of its normalised values on
+   those genes; the pooled moments set the model's :class:`~scssl.transforms.InputTransform`
    exactly as local training would on all cells together. A method whose ``setup`` needs the
    cells themselves (``mae`` with gene-programme masking and no gene sets computes
    co-expression modules) is refused: pass ``gmt=`` / ``gene_sets=`` or use random masking.
@@ -434,8 +438,15 @@ def node_moments(where: NodeData, model: SSLModel) -> tuple[int, torch.Tensor, t
     return model.module.transform.moments(counts for _, counts in data.batches(_MOMENT_BATCH))
 
 
+def node_library_histogram(where: NodeData, model: SSLModel) -> torch.Tensor:
+    """Step 2 on a node, first part: its cells' log library sizes on ``model``'s genes, binned."""
+    data = _node_cells(where.path, model)
+    return model.module.transform.library_histogram(counts for _, counts in data.batches(_MOMENT_BATCH))
+
+
 def handle_query(msg: Message, context: Context, locate: Callable[[Context], NodeData]) -> Message:
-    """Steps 1 and 2: describe the node's cells, or send their per-gene moments."""
+    """Steps 1 and 2: describe the node's cells, or send their library histogram or per-gene
+    moments."""
     config = msg.content["config"]
     step = str(config["step"])
     where = locate(context)
@@ -446,6 +457,9 @@ def handle_query(msg: Message, context: Context, locate: Callable[[Context], Nod
             partition=None if partition is None else int(partition),
         )
         content = RecordDict({"description": ConfigRecord({"json": json.dumps(asdict(description))})})
+    elif step == "libraries":
+        histogram = node_library_histogram(where, model_from_description(config["model"]))
+        content = RecordDict({"libraries": ArrayRecord({"histogram": histogram.cpu()})})
     elif step == "moments":
         n, total, sq_total = node_moments(where, model_from_description(config["model"]))
         content = RecordDict({
@@ -708,7 +722,16 @@ def pretrain(grid: Grid, settings: FederatedSettings) -> SSLModel:
     )
     check_federable(model)
 
-    # 2. Input statistics from pooled moments.
+    # 2. Input statistics: the pooled median library (when it sets the target sum), then the
+    # pooled moments.
+    transform = model.module.transform
+    if transform.target_from_data:
+        query = {"step": "libraries", "model": describe_model(model)}
+        replies = _ask(grid, node_ids, query, names, settings.timeout)
+        transform.set_target(sum(torch.from_numpy(r.array_records["libraries"]["histogram"].numpy())
+                                 for r in replies.values()))
+        # Recorded, so that the nodes rebuild the model with this target from its description.
+        model.config.target_sum = float(transform.target_sum)
     query = {"step": "moments", "model": describe_model(model)}
     replies = _ask(grid, node_ids, query, names, settings.timeout)
     n, total, sq_total = pool_moments(

@@ -242,13 +242,15 @@ class SSLModel:
         config = load_json(path / "config.json")
         if config.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path} has model format {config.get('format_version')}; this scssl reads {FORMAT_VERSION}")
+        state = load_tensors(path / "weights.safetensors", config["weights_sha256"])
+        # Models saved before the target sum was a buffer all normalised cells to 1e4 counts.
+        state.setdefault("transform.target_sum", torch.tensor(1e4))
         model = cls.from_vocabulary(
             config["genes"], MatrixSpec(**config["input"]), config["method"],
             batch_key=config["batch_key"], batch_categories=config["batch_categories"], seed=None,
             **config["hyperparameters"],
         )
         model.history = config["history"]
-        state = load_tensors(path / "weights.safetensors", config["weights_sha256"])
         try:
             model.module.load_state_dict(state)
         except RuntimeError as err:

@@ -240,11 +240,15 @@ class Trainer:
         return total / n if n else math.nan
 
     def _fit_input_stats(self) -> None:
-        """The input transform's per-gene statistics over the training cells: each process
-        reads its share (all of them in one process) and the moments are summed over processes
-        (same result everywhere)."""
+        """The input transform's target sum (when it comes from the data) and per-gene
+        statistics over the training cells: each process reads its share (all of them in one
+        process) and the histograms and moments are summed over processes (same result
+        everywhere)."""
         transform = self.method.transform
         share = self.train_idx[self.dist.rank :: self.dist.world_size]
+        if transform.target_from_data:
+            histogram = transform.library_histogram(counts for counts, _ in self._batches(share, False, None))
+            transform.set_target(distributed.all_reduce_sum(histogram, self.dist))
         n, total, sq_total = transform.moments(counts for counts, _ in self._batches(share, False, None))
         sums = distributed.all_reduce_sum(torch.cat([total, sq_total, total.new_tensor([n])]), self.dist)
         n_genes = total.shape[0]

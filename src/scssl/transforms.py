@@ -7,13 +7,19 @@ exactly as it did the training data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
+LIBRARY_BIN = 0.005
+"""Width of the log-library histogram's bins: the median library is found to within 0.25%."""
+LIBRARY_BINS = 4200
+"""Bins of the histogram, up to e^21 ≈ 1.3e9 counts per cell."""
 
-def normalize_log1p(counts: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
+
+def normalize_log1p(counts: torch.Tensor, target_sum: float | torch.Tensor = 1e4) -> torch.Tensor:
     """``log1p(counts / library * target_sum)`` per cell (scanpy's normalize_total + log1p)."""
     library = counts.sum(dim=1, keepdim=True).clamp_min(1.0)
     return torch.log1p(counts / library * target_sum)
@@ -31,20 +37,57 @@ class InputTransform(nn.Module):
     scale
         Standardise each gene with the training mean and standard deviation (like
         ``sc.pp.scale``), clipped to ``±clip``.
+    target_sum
+        Counts per cell after normalisation; ``None``: the median library size of the cells
+        the statistics are fitted on (scanpy's ``normalize_total`` default), found by
+        :meth:`library_histogram` and :meth:`set_target`.
     """
 
     def __init__(
         self, n_genes: int, kind: str = "counts", scale: bool = True,
-        target_sum: float = 1e4, clip: float = 10.0,
+        target_sum: float | None = 1e4, clip: float = 10.0,
     ) -> None:
         super().__init__()
-        self.kind, self.scale, self.target_sum, self.clip = kind, scale, target_sum, clip
+        if target_sum is not None and not (isinstance(target_sum, (int, float)) and target_sum > 0):
+            raise ValueError(
+                "target_sum must be a positive number of counts, or None for the training cells' "
+                f"median library (null on the shell); got {target_sum!r}"
+            )
+        self.kind, self.scale, self.clip = kind, scale, clip
+        self.target_from_data = target_sum is None and kind == "counts"
         self.register_buffer("mean", torch.zeros(n_genes))
         self.register_buffer("std", torch.ones(n_genes))
+        # A buffer, so that saving, loading, resuming and federated rounds carry it; 1e4 stands
+        # in until set_target() when it comes from the data, as mean 0 and sd 1 do for the genes.
+        initial = 1e4 if target_sum is None else float(target_sum)
+        self.register_buffer("target_sum", torch.tensor(initial))
 
     def normalise(self, raw: torch.Tensor) -> torch.Tensor:
         """Log-normalised values (no scaling)."""
         return normalize_log1p(raw, self.target_sum) if self.kind == "counts" else raw
+
+    @torch.no_grad()
+    def library_histogram(self, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Cells per bin of log library size (width :data:`LIBRARY_BIN`), in float64.
+
+        Histograms of disjoint sets of cells add up, so processes and federated nodes can pool
+        them (as :meth:`moments`) and agree on one median.
+        """
+        hist = torch.zeros(LIBRARY_BINS, dtype=torch.float64, device=self.mean.device)
+        for raw in batches:
+            log_library = raw.to(hist.device).sum(1).double().clamp_min(1.0).log()
+            bins = (log_library / LIBRARY_BIN).long().clamp_max(LIBRARY_BINS - 1)
+            hist += torch.bincount(bins, minlength=LIBRARY_BINS).double()
+        return hist
+
+    @torch.no_grad()
+    def set_target(self, histogram: torch.Tensor) -> None:
+        """Set the target sum to the median library of a (pooled) :meth:`library_histogram`."""
+        cumulative = torch.cumsum(histogram.double().cpu(), 0)
+        if cumulative[-1] <= 0:
+            raise ValueError("no cells to compute the median library size from")
+        middle = int(torch.searchsorted(cumulative, cumulative[-1] / 2))
+        self.target_sum.fill_(math.exp((middle + 0.5) * LIBRARY_BIN))
 
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         x = self.normalise(raw)
@@ -54,7 +97,11 @@ class InputTransform(nn.Module):
 
     @torch.no_grad()
     def fit_stats(self, batches: Iterable[torch.Tensor]) -> None:
-        """Per-gene mean and standard deviation of the normalised values, in one streaming pass."""
+        """The target sum (when it comes from the data), then the per-gene mean and standard
+        deviation of the normalised values."""
+        if self.target_from_data:
+            batches = list(batches)  # two passes: the median library first
+            self.set_target(self.library_histogram(batches))
         self.set_stats(*self.moments(batches))
 
     @torch.no_grad()

@@ -63,6 +63,13 @@ class MethodConfig:
         Normalisation layer in the MLP: ``"layer"``, ``"batch"`` or ``None``.
     scale
         Standardise genes (training mean/std) before the encoder.
+    target_sum
+        Counts per cell after library-size normalisation; ``None``: the median library size of
+        the training cells (scanpy's ``normalize_total`` default), found when the model is
+        fitted. On shallow data 1e4 makes the input nearly binary (worm: a median of 35 counts
+        over its 2,000 HVGs, so one count becomes log1p(286)); the median keeps one count at
+        log1p(1) in a typical cell. Neither wins every dataset (results README, "The median
+        library as the target sum").
     encoder_options
         Extra keyword arguments for encoders with their own hyper-parameters.
     """
@@ -74,6 +81,7 @@ class MethodConfig:
     input_dropout: float = 0.0
     norm: str | None = "layer"
     scale: bool = True
+    target_sum: float | None = 1e4
     encoder_options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -172,7 +180,9 @@ class SSLMethod(nn.Module):
         self.input_kind = input_kind
         self.gene_names = None if gene_names is None else list(gene_names)
         self.spans_processes = False  # set by the trainer for a distributed fit (train.span_processes)
-        self.transform = InputTransform(n_genes, kind=input_kind, scale=config.scale)
+        self.transform = InputTransform(
+            n_genes, kind=input_kind, scale=config.scale, target_sum=config.target_sum,
+        )
         self.encoder = build_encoder(
             config.encoder, n_genes, hidden=config.hidden, latent_dim=config.latent_dim,
             dropout=config.dropout, input_dropout=config.input_dropout, norm=config.norm,
