@@ -58,3 +58,6 @@ def test_bad_input_exits_with_a_message(tmp_path, counts_adata, capsys):
     counts_adata.write_h5ad(cells)
     assert main(["pretrain", str(cells), "--out", str(tmp_path / "m"), "--layer", "counts"]) == 2
     assert "layer 'counts' not found" in capsys.readouterr().err
+    assert main(["pretrain", str(cells), "--out", str(tmp_path / "m"), "--set", "target_sum=None"]) == 2
+    assert "target_sum must be a positive number" in capsys.readouterr().err  # JSON's null is None
+    assert not (tmp_path / "m").exists()

@@ -374,7 +374,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (DataError, FileExistsError, FileNotFoundError) as err:
+    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+        # scssl's errors name the bad input or setting and the fix; --verbose shows the traceback.
+        if args.verbose:
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:
