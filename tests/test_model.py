@@ -6,6 +6,7 @@ import torch
 from conftest import median_library
 
 import scssl
+from scssl.checkpoint import load_tensors, save_tensors
 from scssl.data import DataError
 from scssl.methods.base import Batch
 from scssl.train import Trainer
@@ -217,8 +218,6 @@ def test_cells_are_normalised_to_the_median_library_of_the_training_cells(tmp_pa
 
 
 def test_a_model_saved_before_the_target_sum_buffer_loads_with_its_1e4_target(tmp_path, counts_adata):
-    from scssl.checkpoint import load_tensors, save_tensors
-
     model = scssl.SSLModel(counts_adata, "mae", hidden=(16,), latent_dim=4).fit(**FAST)
     model.save(tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())

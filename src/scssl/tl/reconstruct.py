@@ -29,8 +29,9 @@ def reconstruct(
     masked autoencoder masks during training (set to the gene mean); library sizes still
     come from all counts of the cell, as they do in training.
 
-    Values are compared on the log-normalised scale (``log1p(counts / library × 1e4)``, or
-    the values themselves for ``"lognorm"`` models), on hidden entries only.
+    Values are compared on the model's log-normalised scale (``log1p(counts / library ×
+    target_sum)``, 1e4 by default, or the values themselves for ``"lognorm"`` models), on
+    hidden entries only.
 
     Parameters
     ----------
