@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from scssl.distributed import shutdown
 from scssl.losses import batch_mmd
 from scssl.methods import get_method
 from scssl.train import _LossStep, span_processes
@@ -104,7 +105,7 @@ def main() -> None:
     }
     result["mae_batch_mmd"] = {"gathered": batch_mmd_step(counts, True), "per_process": batch_mmd_step(counts, False)}
     (out / f"rank{dist.get_rank()}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ use Gloo.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -138,4 +139,9 @@ def gather_rows(rows: torch.Tensor) -> torch.Tensor:
 def shutdown() -> None:
     """Leave the process group, if this process joined one (end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():
+        # DistributedDataParallel wrappers sit in reference cycles (their hooks point back at
+        # them), so without a collection they outlive the group and are torn down during
+        # interpreter exit, where Gloo aborts the process now and then ("terminate called
+        # without an active exception", seen in about 1 run in 8 of the gather test).
+        gc.collect()
         dist.destroy_process_group()
