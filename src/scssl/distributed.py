@@ -141,7 +141,7 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         # Leaving right after the last collective, Gloo now and then aborts the process during
         # interpreter exit ("terminate called without an active exception"; 5 of 44 runs of the
-        # gather test's worker). Waiting a moment first stopped it: 0 of 30 runs with this wait,
+        # gather test's worker). Waiting a moment first stopped it: 0 of 60 runs with this wait,
         # 0 of 25 with 0.2 s, 0 of 70 with a 0.23 s garbage collection; a barrier did not (1 of
         # 25). The cause inside Gloo was not traced.
         time.sleep(0.25)
