@@ -98,7 +98,8 @@ class InputTransform(nn.Module):
     @torch.no_grad()
     def fit_stats(self, batches: Iterable[torch.Tensor]) -> None:
         """The target sum (when it comes from the data), then the per-gene mean and standard
-        deviation of the normalised values."""
+        deviation of the normalised values. A target from the data needs two passes, so the
+        batches are then held in memory; the trainer instead reads its cells twice."""
         if self.target_from_data:
             batches = list(batches)  # two passes: the median library first
             self.set_target(self.library_histogram(batches))
