@@ -115,7 +115,7 @@ def zero_shot_and_integration(name: str, adata: ad.AnnData, methods, args, model
         except ImportError as err:
             print(f"skipping integration scores: {err}")
             return
-        for method, key in zip(methods, keys):
+        for method, key in zip(methods, keys, strict=True):
             row = table.loc[key]
             add("4. integration (scib-metrics, unscaled)", method, name, bio=row["bio_conservation"],
                 batch=row["batch_correction"], total=row["total"])

@@ -72,7 +72,7 @@ def test_batches_cover_every_cell_once_and_keep_order(counts_adata):
     data = CellData(counts_adata)
     seen = np.concatenate([idx for idx, _ in data.batches(64, shuffle=True, generator=torch.Generator().manual_seed(1))])
     assert sorted(seen) == list(range(counts_adata.n_obs))
-    idx, x = next(data.batches(64, index=np.array([9, 4, 150])))
+    _, x = next(data.batches(64, index=np.array([9, 4, 150])))
     assert np.array_equal(x.numpy(), counts_adata.X[[9, 4, 150]].toarray())
 
 

@@ -67,8 +67,9 @@ def test_isolated_masks_are_disjoint_sets():
     assert not (visible & target).any()
     assert visible.any(1).all() and target.any(1).all()
     rows = [set(np.flatnonzero(r.numpy())) for r in members]
-    for v, t in zip(visible[:20], target[:20]):
+    for v, t in zip(visible[:20], target[:20], strict=True):
         assert set(np.flatnonzero(t.numpy())) in rows
+        assert any(set(np.flatnonzero(v.numpy())) <= row for row in rows)
     fixed_visible, fixed_target = isolated_masks(members, 100, source=2, generator=_gen())
     assert (fixed_visible == members[2]).all()
     assert not (fixed_target & members[2]).any()

@@ -108,7 +108,7 @@ def test_byol_ema_moves_target_by_the_right_amount():
     online = [p.clone() for m in (method.encoder, method.projector) for p in m.parameters()]
     before = [p.clone() for p in method.target.parameters()]
     method.after_optimizer_step(progress=0.5)  # tau = 0.995
-    for t, b, o in zip(method.target.parameters(), before, online):
+    for t, b, o in zip(method.target.parameters(), before, online, strict=True):
         assert torch.allclose(t, 0.995 * b + 0.005 * o, atol=1e-6)
     assert not any(p.requires_grad for p in method.target.parameters())
 

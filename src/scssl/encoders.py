@@ -8,6 +8,7 @@ architectures add one class.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import pairwise
 
 import torch
 from torch import nn
@@ -62,7 +63,7 @@ def mlp(
     The last linear layer is left bare unless ``last_activation``.
     """
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(pairwise(sizes)):
         layers.append(nn.Linear(n_in, n_out))
         is_last = i == len(sizes) - 2
         if is_last and not last_activation:

@@ -136,7 +136,7 @@ def resolve_device(device: str) -> torch.device:
 def split_cells(n_cells: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Random train/validation split of cell indices (no validation below 50 cells)."""
     order = np.random.default_rng(seed).permutation(n_cells)
-    n_val = int(round(n_cells * fraction)) if n_cells >= 50 else 0
+    n_val = round(n_cells * fraction) if n_cells >= 50 else 0
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 

@@ -79,7 +79,7 @@ def overall_scores(summary: pd.DataFrame, dataset: str) -> pd.Series:
     """Per method: the mean of the :data:`OVERALL` metrics the dataset has (methods lacking any are left out)."""
     sub = summary[summary.dataset == dataset]
     present = [k for k in OVERALL if ((sub.task == k[0]) & (sub.metric == k[1])).any()]
-    wide = sub.assign(key=list(zip(sub.task, sub.metric))).pivot_table(index="method", columns="key", values="mean")
+    wide = sub.assign(key=list(zip(sub.task, sub.metric, strict=True))).pivot_table(index="method", columns="key", values="mean")
     if not present:
         return pd.Series(dtype=float)
     wide = wide.reindex(columns=present).dropna()
@@ -222,7 +222,7 @@ def _tradeoff(summary: pd.DataFrame, datasets: list[str], methods: list[str]) ->
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (d, pts) in zip(axes[0], panels):
+    for ax, (d, pts) in zip(axes[0], panels, strict=True):
         for m, x, y in pts:
             ax.scatter(max(x, 1e-2), y, s=60, color=colours[m], label=m, edgecolor="k", zorder=3)
             ax.annotate(m, (max(x, 1e-2), y), textcoords="offset points", xytext=(4, 4), fontsize=7)

@@ -122,7 +122,7 @@ def ema_update(targets: Sequence[nn.Module], onlines: Sequence[nn.Module], tau: 
     t_params = [p for m in targets for p in m.parameters()]
     o_params = [p for m in onlines for p in m.parameters()]
     torch._foreach_lerp_(t_params, o_params, 1.0 - tau)
-    for t, o in zip((b for m in targets for b in m.buffers()), (b for m in onlines for b in m.buffers())):
+    for t, o in zip((b for m in targets for b in m.buffers()), (b for m in onlines for b in m.buffers()), strict=True):
         t.copy_(o)
 
 

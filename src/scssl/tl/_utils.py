@@ -60,7 +60,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     train, test = [], []
     for label in np.unique(labels):
         cells = rng.permutation(np.flatnonzero(labels == label))
-        n_test = int(round(len(cells) * test_fraction))
+        n_test = round(len(cells) * test_fraction)
         n_test = min(max(n_test, 1 if len(cells) >= 2 else 0), len(cells) - 1)
         test.append(cells[:n_test])
         train.append(cells[n_test:])
@@ -69,7 +69,7 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
 
 def random_split(n_cells: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n_cells)
-    n_test = max(1, int(round(n_cells * test_fraction)))
+    n_test = max(1, round(n_cells * test_fraction))
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 

@@ -288,8 +288,8 @@ def _score(truth, predicted, test_idx, classes, mode, n_train) -> AnnotationResu
     return AnnotationResult(
         accuracy=float((t == p).mean()) if known.any() else float("nan"),
         macro_f1=float(np.mean(per_class)) if known.any() else float("nan"),
-        per_class_f1={c: float(f) for c, f in zip(present, per_class)},
+        per_class_f1={c: float(f) for c, f in zip(present, per_class, strict=True)},
         unknown_rate=float((p == UNKNOWN).mean()) if known.any() else float("nan"),
         unseen_recall=float((predicted[unseen] == UNKNOWN).mean()) if unseen.any() else None,
-        n_train=n_train, n_test=int(len(test_idx)), mode=mode, classes=list(classes),
+        n_train=n_train, n_test=len(test_idx), mode=mode, classes=list(classes),
     )
