@@ -46,6 +46,9 @@ SETTINGS: dict[str, tuple[str, dict, dict, float]] = {
     "nb_vae1_l10": ("mae", {"loss": "nb", "variational_weight": 1.0, "latent_dim": 10}, {}, 1.0),
     "cpu_bf16": ("mae", {}, {"amp": True}, 1.0),
     "tsmed": ("mae", {"target_sum": None}, {}, 1.0),
+    "mr075": ("mae", {"mask_ratio": 0.75}, {}, 1.0),
+    "scmae": ("mae", {"mask_value": "shuffle", "mask_prediction_weight": 0.7}, {}, 1.0),
+    "gp": ("mae", {"masking": "gene_programme"}, {}, 1.0),
     "hyb_t05": ("hybrid", {"hidden": [1024, 256], "dropout": 0.3, "temperature": 0.5}, {}, 1.0),
 }
 _prepared: dict = {}  # per worker: dataset name -> scssl.bench.baselines.Prepared
