@@ -34,6 +34,7 @@ def knn_macro_f1(embedding: np.ndarray, labels, k: int = 15, n_folds: int = 5, s
 
 
 def kmeans_labels(embedding: np.ndarray, n_clusters: int, seed: int = 0) -> np.ndarray:
+    """k-means cluster of every cell, best of 10 k-means++ starts."""
     return KMeans(n_clusters=n_clusters, n_init=10, random_state=seed).fit_predict(embedding)
 
 

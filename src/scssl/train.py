@@ -126,6 +126,7 @@ def cpu_threads(num_threads: int | None = None) -> Iterator[None]:
 
 
 def resolve_device(device: str) -> torch.device:
+    """``"auto"`` picks CUDA when present, else the CPU; a CUDA device asked for must exist."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
