@@ -120,6 +120,12 @@ def test_resume_without_checkpoint_or_with_other_settings_fails(tmp_path, counts
         other.fit(checkpoint_dir=tmp_path, resume=True, **FAST)
 
 
+def test_too_few_cells_to_train_says_how_many_it_has(counts_adata):
+    model = scssl.SSLModel(counts_adata[:0].copy(), hidden=(32,), latent_dim=4)
+    with pytest.raises(ValueError, match="the data holds 0 cells, 0 of them for training"):
+        model.fit(**FAST)
+
+
 def test_tampered_or_truncated_weights_raise(tmp_path, counts_adata):
     model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(**FAST)
     model.save(tmp_path / "m")

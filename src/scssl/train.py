@@ -187,8 +187,9 @@ class Trainer:
         self.train_idx, self.val_idx = split_cells(data.n_cells, config.validation_fraction, config.seed)
         if len(self.train_idx) < 2 * self.dist.world_size:
             raise ValueError(
-                f"need at least 2 training cells per process, got {len(self.train_idx)} for "
-                f"{self.dist.world_size} process(es)"
+                f"the data holds {data.n_cells} cells, {len(self.train_idx)} of them for training "
+                f"after the validation split; training needs at least 2 per process "
+                f"({self.dist.world_size} here): pass more cells"
             )
         self.history: list[dict[str, float]] = []
         self.step_module: torch.nn.Module = _LossStep(method)
