@@ -1,17 +1,16 @@
-"""Plots (``scssl.pl``): PNGs of embeddings and training curves."""
+"""Plots (``scssl.pl``): embeddings and training curves as matplotlib figures, written as PNGs
+when given a path. The user's matplotlib backend is left as it is (a notebook keeps showing
+figures inline)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import anndata as ad
-import matplotlib
+import matplotlib.pyplot as plt
+import scanpy as sc
 
-matplotlib.use("Agg")  # headless by default: scssl writes files, it does not open windows
-import matplotlib.pyplot as plt  # noqa: E402
-import scanpy as sc  # noqa: E402
-
-from scssl.tl.cluster import umap as compute_umap  # noqa: E402
+from scssl.tl.cluster import umap as compute_umap
 
 
 def umap(adata: ad.AnnData, color: str | list[str], use_rep: str = "X_scssl", path: str | Path | None = None,
