@@ -37,6 +37,15 @@ def test_same_seed_same_embedding_and_seed_matters(counts_adata):
     assert not np.allclose(run(0), run(1))
 
 
+def test_seeded_training_and_annotation_leave_the_callers_random_stream_alone(counts_adata):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    model = scssl.SSLModel(counts_adata, hidden=(32,), latent_dim=4).fit(seed=5, **FAST)
+    scssl.tl.annotate(model, counts_adata, labels_key="group", mode="finetune", epochs=2, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_training_learns_groups(counts_adata):
     from scssl.metrics import knn_macro_f1
 

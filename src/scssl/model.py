@@ -20,7 +20,7 @@ from scssl.checkpoint import load_json, load_tensors, save_json, save_tensors
 from scssl.data import CellData, DataError, MatrixSpec
 from scssl.methods import get_method
 from scssl.methods.base import SSLMethod
-from scssl.train import Trainer, TrainConfig, resolve_device
+from scssl.train import Trainer, TrainConfig, resolve_device, seeded
 
 FORMAT_VERSION = 1
 
@@ -129,8 +129,7 @@ class SSLModel:
 
         if seed is None:
             return build()
-        with torch.random.fork_rng():  # seeded initial weights without touching the caller's RNG
-            torch.manual_seed(seed)
+        with seeded(seed):
             return build()
 
     def __repr__(self) -> str:

@@ -125,6 +125,17 @@ def cpu_threads(num_threads: int | None = None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's global random streams (the CPU's and every GPU's) for the block, then give
+    the caller back the states it had: a seeded run is reproducible, and the user's own stream
+    continues as if scssl had not run."""
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=gpus):
+        torch.manual_seed(seed)
+        yield
+
+
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` picks CUDA when present, else the CPU; a CUDA device asked for must exist."""
     if device == "auto":
@@ -313,7 +324,7 @@ class Trainer:
             Fit the input statistics and run ``method.setup`` on the training cells first;
             ``False`` when they are already set (a federated round gets them from the server).
         """
-        with cpu_threads(self.config.num_threads):
+        with cpu_threads(self.config.num_threads), seeded(self.config.seed):
             span_processes(self.method, self.dist.active)
             try:
                 return self._fit(resume, progress and self.dist.is_main, fit_inputs)
@@ -349,7 +360,6 @@ class Trainer:
 
     def _fit(self, resume: bool, progress: bool, fit_inputs: bool) -> list[dict[str, float]]:
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         self.method.to(self.device)
         # Masks and augmentations draw on the device; the cell order is drawn on the host.
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)

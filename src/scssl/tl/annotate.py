@@ -21,7 +21,7 @@ from torch import nn
 
 from scssl.model import SSLModel
 from scssl.tl._utils import get_labels, model_inputs, stratified_split
-from scssl.train import cpu_threads
+from scssl.train import cpu_threads, seeded
 
 UNKNOWN = "unknown"
 _MIN_STEPS = 300
@@ -141,7 +141,6 @@ def annotate(
     classes = sorted(np.unique(labels[train_idx]))
     y_train = torch.as_tensor(pd.Index(classes).get_indexer(labels[train_idx]))
 
-    torch.manual_seed(seed)
     module = copy.deepcopy(model.module).cpu().eval()  # the user's model stays as it was
     z_calib, fit = None, np.arange(len(train_idx))
     _, x_train = model_inputs(model, ref, train_idx)
@@ -160,11 +159,12 @@ def annotate(
             # same type; the reference distances are calibrated on labelled cells it never saw.
             fit, calib = stratified_split(labels[train_idx], calibration_fraction, seed)
             z_calib_input = x_train[calib]
-        head = _train_head(
-            module, x_train[fit], y_train[fit], len(classes), finetune=mode == "finetune",
-            epochs=epochs or settings["epochs"], lr=lr or settings["lr"], batch_size=batch_size,
-            weight_decay=weight_decay, seed=seed,
-        )
+        with seeded(seed):
+            head = _train_head(
+                module, x_train[fit], y_train[fit], len(classes), finetune=mode == "finetune",
+                epochs=epochs or settings["epochs"], lr=lr or settings["lr"], batch_size=batch_size,
+                weight_decay=weight_decay, seed=seed,
+            )
         z_train, z_target = _embed(module, x_train[fit]), _embed(module, x_target)
         if mode == "finetune":
             z_calib = _embed(module, z_calib_input)
@@ -221,9 +221,9 @@ def _embed(module, x: torch.Tensor, batch_size: int = 4096) -> np.ndarray:
 
 @cpu_threads()
 def _train_head(module, x, y, n_classes, *, finetune, epochs, lr, batch_size, weight_decay, seed) -> nn.Linear:
-    """A linear head on the encoder (frozen, or trained at lr/10); class-weighted cross-entropy."""
+    """A linear head on the encoder (frozen, or trained at lr/10); class-weighted cross-entropy.
+    Head weights and dropout draw on torch's global stream: call it under :func:`seeded`."""
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     head = nn.Linear(module.config.latent_dim, n_classes)
     counts = torch.bincount(y, minlength=n_classes).float()
     # Inverse-frequency weights: without them a 14-cell type is simply never predicted.
