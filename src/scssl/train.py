@@ -126,11 +126,12 @@ def cpu_threads(num_threads: int | None = None) -> Iterator[None]:
 
 
 @contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global random streams (the CPU's and every GPU's) for the block, then give
-    the caller back the states it had: a seeded run is reproducible, and the user's own stream
-    continues as if scssl had not run."""
-    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+def seeded(seed: int, device: torch.device | None = None) -> Iterator[None]:
+    """Seed torch's global random streams for the block, then give the caller back the states it
+    had (the CPU's, and ``device``'s when it is a GPU): a seeded run is reproducible, and the
+    user's own stream continues as if scssl had not run. Only the GPU in use is restored, so a
+    process of a multi-GPU run opens no context on the others."""
+    gpus = [device] if device is not None and device.type == "cuda" else []
     with torch.random.fork_rng(devices=gpus):
         torch.manual_seed(seed)
         yield
@@ -324,7 +325,7 @@ class Trainer:
             Fit the input statistics and run ``method.setup`` on the training cells first;
             ``False`` when they are already set (a federated round gets them from the server).
         """
-        with cpu_threads(self.config.num_threads), seeded(self.config.seed):
+        with cpu_threads(self.config.num_threads), seeded(self.config.seed, self.device):
             span_processes(self.method, self.dist.active)
             try:
                 return self._fit(resume, progress and self.dist.is_main, fit_inputs)
