@@ -64,7 +64,7 @@ from torch import nn
 
 from scssl.encoders import MLPEncoder, mlp
 from scssl.losses import masked_mse, mmd
-from scssl.train import cpu_threads
+from scssl.train import cpu_threads, seeded
 from scssl.transforms import normalize_log1p
 
 log = logging.getLogger("scssl")
@@ -811,13 +811,15 @@ def drug_response(
                    n_response_genes=n_response_genes, label=label,
                    smooth_neighbors=smooth_neighbors, scaling=scaling)
     binary = target == "binary"
-    model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, binary=binary, config=config, seed=seed)
-    model.fit_bulk()
-    if adapt:
-        model.adapt()
-        pred = model.predict_adapted()
-    else:
-        pred = model.predict_bulk_model(data.x_sc)
+    with seeded(seed):  # the training draws on torch's global stream; the caller gets theirs back
+        model = DrugTransfer(data.x_bulk, data.y_bulk, data.x_sc, binary=binary, config=config,
+                             seed=seed)
+        model.fit_bulk()
+        if adapt:
+            model.adapt()
+            pred = model.predict_adapted()
+        else:
+            pred = model.predict_bulk_model(data.x_sc)
     if binary:
         score_key = f"{drug}_sensitivity"
         sc_adata.obs[score_key] = pred
