@@ -73,7 +73,8 @@ def pretrain(adata: ad.AnnData, method: str, args) -> scssl.SSLModel:
     batched = "batch" in adata.obs and adata.obs["batch"].nunique() > 1
     # Batch-aware methods use the batch key (the MAE's batch decoder + MMD; MNN positives only
     # when a two-view method is asked for them), as a user integrating batches would.
-    model = scssl.SSLModel(adata, method=method, batch_key="batch" if batched else None, **size)
+    model = scssl.SSLModel(adata, method=method, batch_key="batch" if batched else None,
+                           seed=args.seed, **size)
     return model.fit(max_epochs=args.epochs, batch_size=128, seed=args.seed, progress=False, patience=0)
 
 

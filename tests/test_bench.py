@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import make_counts
 
@@ -48,6 +49,22 @@ def test_yaml_config_and_data_override(tmp_path):
     assert config.datasets[0].label_key == "ct" and config.datasets[0].batch_key is None
     config = load_config(path, data=[str(tmp_path / "mine.h5ad")], seeds=[0, 1])
     assert [d.name for d in config.datasets] == ["mine"] and config.seeds == [0, 1]
+
+
+def test_each_bench_seed_draws_its_own_initial_weights(monkeypatch):
+    from scssl.bench.baselines import fit_ssl
+    from scssl.model import SSLModel
+
+    monkeypatch.setattr(SSLModel, "fit", lambda self, **_: self)  # the initial weights only
+    config = load_config({"datasets": [{"name": "x", "path": "x.h5ad", "label_key": "group"}],
+                          "methods": ["mae"], "method_params": {"mae": {"hidden": [16]}}})
+    counts = make_counts(n_cells=60, n_genes=20)
+
+    def first_weights(seed):
+        return next(fit_ssl("mae", counts, seed, config)[0].module.parameters()).detach().clone()
+
+    assert torch.equal(first_weights(0), first_weights(0))
+    assert not torch.equal(first_weights(0), first_weights(1))
 
 
 @pytest.mark.parametrize("bad", [{"methods": ["nope"]}, {"epochz": 3}, {"tasks": ["knn", "vibes"]}, {"datasets": []}])

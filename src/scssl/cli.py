@@ -85,11 +85,13 @@ def _pretrain(sub) -> None:
     )
     p.add_argument("input", help=".h5ad with raw counts (or log-normalised values with loss=mse)")
     add_model_options(p)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--epochs", type=int, default=100,
+                   help="most epochs; early stopping on the validation cells may end sooner (100)")
+    p.add_argument("--batch-size", type=int, default=256, help="cells per minibatch and process (256)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, after warm-up (1e-3)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the weights, masks, views and validation split (0)")
+    p.add_argument("--device", default="auto", help="auto (a CUDA GPU when present), cpu or cuda")
     p.add_argument("--amp", choices=sorted(AMP), default="auto",
                    help="bf16 autocast: auto = on CUDA only; on = on the CPU too (faster on CPUs "
                         "with AMX or AVX-512 BF16); off = never")
@@ -105,7 +107,7 @@ def run_pretrain(args) -> None:
     out = refuse_existing_model(args, allowed=args.resume)
     adata = read_h5ad(args.input, args.backed)
     model = SSLModel(adata, method=args.method, layer=args.layer, use_raw=args.use_raw,
-                     batch_key=args.batch_key, **_parse_set(args.set))
+                     batch_key=args.batch_key, seed=args.seed, **_parse_set(args.set))
     model.fit(max_epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
               device=args.device, amp=AMP[args.amp], checkpoint_dir=out / "checkpoints", resume=args.resume)
     if is_main_process():  # under torchrun every process holds the same weights; one writes them

@@ -246,7 +246,7 @@ def fit_ssl(method: str, counts: ad.AnnData, seed: int, config: BenchConfig) -> 
     from scssl.model import SSLModel
 
     model = SSLModel(counts, method=method, batch_key="batch" if "batch" in counts.obs else None,
-                     **config.method_params.get(method, {}))
+                     seed=seed, **config.method_params.get(method, {}))
     start = time.perf_counter()
     model.fit(max_epochs=config.epochs, batch_size=config.batch_size, seed=seed,
               device=config.device, progress=False, **config.train_options)
