@@ -125,6 +125,31 @@ def test_synthetic_run_skips_with_reasons(tmp_path):
     assert both.value["pca", 0, "annotation", "holdout_macro_f1"] == 0.5
 
 
+def test_batch_baselines_and_scib_reproduce_the_issue_figures(shared_data, tmp_path):
+    """Harmony and scVI (the ``bench`` extra) on the 1,200 PBMCs of three chemistries, scIB included.
+
+    Issue 5's figures for this file: PCA scIB total 0.533; Harmony 0.862 / 0.712 / 0.638, scIB
+    0.721; scVI (seed 0, at most 200 epochs) 0.800 / 0.563 / 0.596, scIB 0.690.
+    """
+    for module in ("harmonypy", "scvi", "scib_metrics"):
+        pytest.importorskip(module, reason="pip install 'scssl[bench]'")
+    result = bench.run({"datasets": [QUICK_DATASET], "methods": ["pca", "harmony", "scvi"],
+                        "tasks": ["knn", "cluster", "scib"], "seeds": [0], "umap": False},
+                       tmp_path / "out", data_dir=shared_data, report=False)
+    assert not result.failed and not result.skipped, (result.failed, result.skipped)
+    df = pd.read_csv(result.csv).set_index(["method", "metric"]).value
+    assert df["pca", "total"] == pytest.approx(0.533, abs=0.01)
+    assert df["harmony", "macro_f1"] == pytest.approx(0.862, abs=0.01)
+    assert df["harmony", "kmeans_ari"] == pytest.approx(0.712, abs=0.02)
+    assert df["harmony", "total"] == pytest.approx(0.721, abs=0.01)
+    # scVI trains on the CPU with early stopping: looser, as thread counts change its last digits.
+    assert df["scvi", "macro_f1"] == pytest.approx(0.800, abs=0.03)
+    assert df["scvi", "kmeans_ari"] == pytest.approx(0.563, abs=0.06)
+    assert df["scvi", "total"] == pytest.approx(0.690, abs=0.03)
+    for method in ("harmony", "scvi"):  # both mix the chemistries far better than PCA
+        assert df[method, "batch_correction"] > df["pca", "batch_correction"] + 0.2
+
+
 def test_protein_and_reconstruction_tasks_on_real_cite_seq(shared_data, tmp_path, monkeypatch):
     """CBMC CITE-seq (600 cells): protein r from the embedding, imputation r from a model that never
     saw the test cells."""
