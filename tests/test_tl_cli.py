@@ -37,3 +37,16 @@ def test_cluster_cli(files):
     assert written.obs["scssl_cluster"].nunique() == 4 and "X_scssl" in written.obsm
     with pytest.raises(SystemExit, match="overwrite"):
         main(["cluster", str(files / "query.h5ad"), "--out", str(files / "query.h5ad")])
+
+
+def test_missing_keys_end_in_one_line_errors(files, capsys):
+    """A mistyped .obs or .obsm key: exit status 2, one line naming the key and the choices, no file."""
+    out = files / "never_written.h5ad"
+    assert main(["cluster", str(files / "query.h5ad"), "--model", str(files / "model"), "--out", str(out),
+                 "--n-clusters", "4", "--labels-key", "celltype"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: labels_key 'celltype' is not a column") and "'cell_type'" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert main(["cluster", str(files / "query.h5ad"), "--use-rep", "X_missing", "--out", str(out)]) == 2
+    assert "adata.obsm['X_missing'] not found" in capsys.readouterr().err
+    assert not out.exists()

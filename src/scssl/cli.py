@@ -376,11 +376,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.func(args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (DataError, FileExistsError, FileNotFoundError, KeyError, ValueError) as err:
         # scssl's errors name the bad input or setting and the fix; --verbose shows the traceback.
         if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)
+        # str() of a KeyError is the repr of its message; print the message itself.
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"error: {message}", file=sys.stderr)
         return 2
     finally:
         shutdown()
