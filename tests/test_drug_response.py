@@ -71,6 +71,22 @@ def test_binarization_rule_hand_checked():
         binarize(values, rule="threshold")
 
 
+def test_response_table_errors_name_the_fix():
+    response = pd.DataFrame({
+        "dataset": ["GDSC2", "GDSC2", "GDSC1"], "drug_name": ["Gefitinib", "Erlotinib", "Nutlin-3a"],
+        "cell_line_key": ["A", "B", "C"], "ln_ic50": [1.0, 2.0, 3.0],
+    })
+    with pytest.raises(ValueError, match="did you mean 'Gefitinib'"):
+        response_table(response, "Gefitnib")
+    with pytest.raises(ValueError, match=r"screened in \['GDSC1'\]: pass one as dataset="):
+        response_table(response, "nutlin-3a")
+    assert response_table(response, "nutlin-3a", dataset=None).to_dict() == {"C": 3.0}
+    with pytest.raises(ValueError, match=r"no column\(s\) \['line'\].*cell_line_key="):
+        response_table(response, "Gefitinib", cell_line_key="line")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['auc'\]"):
+        relative_response_table(response, "Gefitinib", metric="auc")
+
+
 def test_relative_response_hand_checked():
     # Two drugs, three lines. Drug X: A 1, B 2, C 3 → z -1, 0, 1. Drug Y: A 3, B 4, C 5 → z -1, 0, 1
     # except C resists Y less than X: Y for C = 4 → Y = (3, 4, 4), z = (-1.155, 0.577, 0.577).

@@ -47,6 +47,7 @@ to what the bulk model says of their own lines (mean Spearman 0.27 vs 0.21).
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import random
 import re
@@ -85,6 +86,26 @@ def line_key(name: str) -> str:
     return re.sub(r"[^0-9A-Z]", "", str(name).upper())
 
 
+def _check_response_columns(response: pd.DataFrame, metric: str, cell_line_key: str) -> None:
+    missing = [c for c in ("drug_name", "dataset", metric, cell_line_key) if c not in response]
+    if missing:
+        raise ValueError(f"the response table has no column(s) {missing}; its columns are "
+                         f"{list(response.columns)} (name the line column with cell_line_key=, "
+                         "shell --cell-line-key, and the response with metric=)")
+
+
+def _no_drug_error(response: pd.DataFrame, drug: str, dataset: str | None, metric: str) -> ValueError:
+    screened = response.dropna(subset=[metric])
+    elsewhere = sorted(screened.loc[screened["drug_name"].str.lower() == drug.lower(), "dataset"].unique())
+    if elsewhere:
+        hint = f"; it is screened in {elsewhere}: pass one as dataset= (shell --dataset), or None (shell 'all') to pool"
+    else:
+        names = {name.lower(): name for name in screened["drug_name"].dropna().unique()}
+        close = [names[n] for n in difflib.get_close_matches(drug.lower(), list(names), n=3, cutoff=0.75)]
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+    return ValueError(f"no {metric} for drug {drug!r} in dataset {dataset!r}{hint}")
+
+
 def response_table(
     response: pd.DataFrame, drug: str, dataset: str | None = "GDSC2", metric: str = "ln_ic50",
     cell_line_key: str = "cell_line_key",
@@ -94,12 +115,13 @@ def response_table(
     Duplicate (line, drug) rows — replicate screens or several compound IDs — are averaged.
     Drug names match case-insensitively. ``dataset=None`` pools GDSC1 and GDSC2.
     """
+    _check_response_columns(response, metric, cell_line_key)
     rows = response[response["drug_name"].str.lower() == drug.lower()]
     if dataset is not None:
         rows = rows[rows["dataset"] == dataset]
     rows = rows.dropna(subset=[metric])
     if rows.empty:
-        raise ValueError(f"no {metric} for drug {drug!r} in dataset {dataset!r}")
+        raise _no_drug_error(response, drug, dataset, metric)
     keys = rows[cell_line_key].map(line_key)
     return rows[metric].groupby(keys.values).mean().rename(metric)
 
@@ -117,12 +139,13 @@ def relative_response_table(
     sensitive to this particular drug, and one that resists most drugs but not this one does.
     Lines with fewer than ``min_drugs`` screened drugs are dropped (too noisy a baseline).
     """
+    _check_response_columns(response, metric, cell_line_key)
     rows = response if dataset is None else response[response["dataset"] == dataset]
     rows = rows.dropna(subset=[metric])
     keys = rows[cell_line_key].map(line_key)
     wide = rows[metric].groupby([keys.values, rows["drug_name"].str.lower().values]).mean().unstack()
     if drug.lower() not in wide.columns:
-        raise ValueError(f"no {metric} for drug {drug!r} in dataset {dataset!r}")
+        raise _no_drug_error(response, drug, dataset, metric)
     z = (wide - wide.mean()) / wide.std().replace(0.0, 1.0)
     general = z.mean(axis=1)
     enough = z.notna().sum(axis=1) >= min_drugs
