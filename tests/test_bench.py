@@ -74,6 +74,17 @@ def test_bad_configs_are_rejected(bad):
         load_config(values, data_dir="/nowhere")
 
 
+def test_missing_dataset_file_stops_the_run_before_any_work(tmp_path):
+    adata = make_counts(n_cells=60, n_genes=30)
+    adata.obs["cell_type"] = adata.obs["group"].astype(str)
+    adata.write_h5ad(tmp_path / "real.h5ad")
+    config = {"datasets": [{"path": str(tmp_path / "real.h5ad")}, {"path": str(tmp_path / "typo.h5ad")}],
+              "methods": ["pca"], "tasks": ["knn"], "umap": False}
+    with pytest.raises(FileNotFoundError, match=r"not found: \[.*typo\.h5ad'\]"):
+        bench.run(config, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing computed, nothing written
+
+
 def test_append_rows_keeps_one_header_and_exact_columns(tmp_path):
     path = tmp_path / "r.csv"
     append_rows(path, [{"dataset": "d", "method": "m", "seed": 0, "task": "knn", "metric": "macro_f1", "value": 0.5}])

@@ -320,14 +320,20 @@ def run(config: str | Path | dict | BenchConfig, out: str | Path, *, report: boo
     """
     config = load_config(config, data=data, **overrides)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
+    done = {(r["dataset"], r["method"], r["seed"]) for r in read_rows(csv_path)}
+    # Checked before anything is written, and before hours of work on the datasets listed first.
+    absent = [spec.path for spec in config.datasets if not Path(spec.path).exists()
+              and any((spec.name, m, s) not in done for m in config.methods for s in config.seeds)]
+    if absent:
+        raise FileNotFoundError(f"dataset file(s) not found: {absent}; fix the paths, or set $SCSSL_DATA to "
+                                "the folder that holds the named datasets")
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False)))
     atomic_write(out / "environment.json", lambda tmp: Path(tmp).write_text(json.dumps(environment(), indent=2)))
     notes_path = out / "notes.json"
     notes: dict[str, str] = json.loads(notes_path.read_text()) if notes_path.exists() else {}
     result = BenchResult(out=out, csv=csv_path, report=None)
-    done = {(r["dataset"], r["method"], r["seed"]) for r in read_rows(csv_path)}
     for spec in config.datasets:
         todo = [(m, s) for m in config.methods for s in config.seeds if (spec.name, m, s) not in done]
         result.reused += [(spec.name, m, s) for m in config.methods for s in config.seeds if (spec.name, m, s) in done]
