@@ -85,6 +85,10 @@ def test_response_table_errors_name_the_fix():
         response_table(response, "Gefitinib", cell_line_key="line")
     with pytest.raises(ValueError, match=r"no column\(s\) \['auc'\]"):
         relative_response_table(response, "Gefitinib", metric="auc")
+    pooled = response.drop(columns="dataset")  # a table of one screen needs no dataset column
+    assert response_table(pooled, "Gefitinib", dataset=None).to_dict() == {"A": 1.0}
+    with pytest.raises(ValueError, match="did you mean 'Gefitinib'"):
+        response_table(pooled, "Gefitnib", dataset=None)
 
 
 def test_relative_response_hand_checked():

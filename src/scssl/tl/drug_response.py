@@ -86,8 +86,10 @@ def line_key(name: str) -> str:
     return re.sub(r"[^0-9A-Z]", "", str(name).upper())
 
 
-def _check_response_columns(response: pd.DataFrame, metric: str, cell_line_key: str) -> None:
-    missing = [c for c in ("drug_name", "dataset", metric, cell_line_key) if c not in response]
+def _check_response_columns(response: pd.DataFrame, dataset: str | None, metric: str,
+                            cell_line_key: str) -> None:
+    needed = ["drug_name", metric, cell_line_key] + (["dataset"] if dataset is not None else [])
+    missing = [c for c in needed if c not in response]
     if missing:
         raise ValueError(f"the response table has no column(s) {missing}; its columns are "
                          f"{list(response.columns)} (name the line column with cell_line_key=, "
@@ -96,12 +98,14 @@ def _check_response_columns(response: pd.DataFrame, metric: str, cell_line_key: 
 
 def _no_drug_error(response: pd.DataFrame, drug: str, dataset: str | None, metric: str) -> ValueError:
     screened = response.dropna(subset=[metric])
-    elsewhere = sorted(screened.loc[screened["drug_name"].str.lower() == drug.lower(), "dataset"].unique())
+    elsewhere = [] if dataset is None else \
+        sorted(screened.loc[screened["drug_name"].str.lower() == drug.lower(), "dataset"].unique())
     if elsewhere:
-        hint = f"; it is screened in {elsewhere}: pass one as dataset= (shell --dataset), or None (shell 'all') to pool"
+        hint = (f"; it is screened in {elsewhere}: pass one as dataset= (shell --dataset), "
+                "or None (shell 'all') to pool")
     else:
         names = {name.lower(): name for name in screened["drug_name"].dropna().unique()}
-        close = [names[n] for n in difflib.get_close_matches(drug.lower(), list(names), n=3, cutoff=0.75)]
+        close = [names[n] for n in difflib.get_close_matches(drug.lower(), list(names), cutoff=0.75)]
         hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
     return ValueError(f"no {metric} for drug {drug!r} in dataset {dataset!r}{hint}")
 
@@ -115,7 +119,7 @@ def response_table(
     Duplicate (line, drug) rows — replicate screens or several compound IDs — are averaged.
     Drug names match case-insensitively. ``dataset=None`` pools GDSC1 and GDSC2.
     """
-    _check_response_columns(response, metric, cell_line_key)
+    _check_response_columns(response, dataset, metric, cell_line_key)
     rows = response[response["drug_name"].str.lower() == drug.lower()]
     if dataset is not None:
         rows = rows[rows["dataset"] == dataset]
@@ -139,7 +143,7 @@ def relative_response_table(
     sensitive to this particular drug, and one that resists most drugs but not this one does.
     Lines with fewer than ``min_drugs`` screened drugs are dropped (too noisy a baseline).
     """
-    _check_response_columns(response, metric, cell_line_key)
+    _check_response_columns(response, dataset, metric, cell_line_key)
     rows = response if dataset is None else response[response["dataset"] == dataset]
     rows = rows.dropna(subset=[metric])
     keys = rows[cell_line_key].map(line_key)
