@@ -95,6 +95,8 @@ def test_embed_aligns_genes_by_name(counts_adata):
     partial = counts_adata[:, 10:].copy()
     with pytest.warns(UserWarning, match="10 of 100 model genes are missing"):
         assert model.embed(partial).shape == (counts_adata.n_obs, 4)
+    empty = model.embed(counts_adata[:0])  # no cells: an empty embedding, not a torch error
+    assert empty.shape == (0, 4) and empty.dtype == np.float32
 
 
 def test_resume_continues_an_interrupted_run(tmp_path, counts_adata, monkeypatch):
@@ -174,6 +176,10 @@ def test_bad_inputs_get_clear_errors(counts_adata):
         scssl.SSLModel(lognorm, loss="nb")
     model = scssl.SSLModel(lognorm, loss="mse")  # log-normalised input works with MSE
     assert model.spec.kind == "lognorm"
+    with pytest.raises(ValueError, match="batch_size must be at least 2 cells, got 1"):
+        model.fit(max_epochs=1, batch_size=1)  # one-cell steps: batch norm would fail mid-epoch
+    with pytest.raises(ValueError, match="max_epochs must be at least 1, got 0"):
+        model.fit(max_epochs=0)
 
 
 def test_lognorm_input_trains_with_mse(counts_adata):

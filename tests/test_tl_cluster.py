@@ -37,6 +37,10 @@ def test_cluster_without_labels_and_key_added(embedded):
         tl.cluster(adata, method="kmeans")
     with pytest.raises(KeyError, match="X_missing"):
         tl.cluster(adata, use_rep="X_missing")
+    with pytest.raises(ValueError, match="n_clusters must be between 1 and the 1000 cells, got 5000"):
+        tl.cluster(adata, n_clusters=5000)
+    with pytest.warns(UserWarning, match=r"Leiden found \d+ clusters, the closest .* to 1000; try method='kmeans'"):
+        tl.cluster(adata, n_clusters=1000)  # one cluster per cell is beyond any resolution searched
 
 
 def test_umap_writes_obsm(embedded):

@@ -192,6 +192,8 @@ class SSLModel:
         module = self.module.to(device).eval()
         out = [module.embed(module.transform(x)).float().cpu() for _, x in data.batches(batch_size, device=device)]
         module.cpu()
+        if not out:  # an AnnData without cells
+            return np.zeros((0, self.config.latent_dim), dtype=np.float32)
         return torch.cat(out).numpy()
 
     get_latent_representation = embed

@@ -94,6 +94,11 @@ class TrainConfig:
     distributed: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            # One-cell steps leave batch norm, contrastive negatives and batch statistics undefined.
+            raise ValueError(f"batch_size must be at least 2 cells, got {self.batch_size}")
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 

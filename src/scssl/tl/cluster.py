@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import anndata as ad
@@ -58,6 +59,8 @@ def cluster(
     """
     embedding = get_rep(adata, use_rep)
     labels = get_labels(adata, labels_key) if labels_key is not None else None
+    if n_clusters is not None and not 1 <= n_clusters <= adata.n_obs:
+        raise ValueError(f"n_clusters must be between 1 and the {adata.n_obs} cells, got {n_clusters}")
     if method == "kmeans":
         if n_clusters is None:
             if labels is None:
@@ -75,6 +78,9 @@ def cluster(
     adata.obs[key_added] = pd.Categorical(renamed, categories=[str(i) for i in range(len(order))])
 
     found = len(order)
+    if n_clusters is not None and found != n_clusters:
+        warnings.warn(f"Leiden found {found} clusters, the closest its resolution search came to "
+                      f"{n_clusters}; try method='kmeans' for exactly {n_clusters}", stacklevel=2)
     scores: dict[str, float] = {"n_clusters": float(found)}
     scores["silhouette"] = _silhouette(embedding, renamed, seed) if found > 1 else float("nan")
     if labels is not None:
