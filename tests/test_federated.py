@@ -135,6 +135,8 @@ def test_settings_from_a_flower_run_config():
         federated.FederatedSettings.from_run_config({"hyperparameters": "loss=mse"})
     with pytest.raises(ValueError, match="unknown hyper-parameter"):
         federated.FederatedSettings.from_run_config({"hyperparameters": '{"mask_ration": 0.3}'})
+    with pytest.raises(ValueError, match="batch_size must be at least 2, got 1"):
+        federated.FederatedSettings.from_run_config({"batch-size": 1})
 
 
 @pytest.fixture(scope="module")

@@ -139,9 +139,9 @@ class FederatedSettings:
     timeout: float = 3600.0
 
     def __post_init__(self) -> None:
-        for name in ("rounds", "local_epochs", "batch_size", "min_nodes"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name, least in (("rounds", 1), ("local_epochs", 1), ("batch_size", 2), ("min_nodes", 1)):
+            if int(getattr(self, name)) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(self, name)}")
         if not 0.0 < self.fraction_train <= 1.0:
             raise ValueError(f"fraction_train must be in (0, 1], got {self.fraction_train}")
         if self.seed < 0:
