@@ -78,7 +78,7 @@ def cluster(
     adata.obs[key_added] = pd.Categorical(renamed, categories=[str(i) for i in range(len(order))])
 
     found = len(order)
-    if n_clusters is not None and found != n_clusters:
+    if method == "leiden" and n_clusters is not None and found != n_clusters:
         warnings.warn(f"Leiden found {found} clusters, the closest its resolution search came to "
                       f"{n_clusters}; try method='kmeans' for exactly {n_clusters}", stacklevel=2)
     scores: dict[str, float] = {"n_clusters": float(found)}
