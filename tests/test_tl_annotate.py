@@ -73,6 +73,12 @@ def test_query_genes_aligned_by_name(pbmc3k, pbmc3k_mae):
     np.testing.assert_allclose(query.obsm["X_scssl_annotate"], shuffled.obsm["X_scssl_annotate"], atol=1e-5)
 
 
-def test_bad_mode(pbmc3k, pbmc3k_mae):
+def test_bad_settings_get_clear_errors(pbmc3k, pbmc3k_mae):
     with pytest.raises(ValueError, match="mode"):
         tl.annotate(pbmc3k_mae, pbmc3k.copy(), mode="svm")
+    with pytest.raises(ValueError, match="n_shots must be at least 1 cell per type"):
+        tl.annotate(pbmc3k_mae, pbmc3k.copy(), mode="linear", n_shots=0)
+    with pytest.raises(ValueError, match=r"unknown_threshold is a confidence in \[0, 1\], got 2"):
+        tl.annotate(pbmc3k_mae, pbmc3k.copy(), mode="knn", unknown_threshold=2.0)
+    with pytest.raises(KeyError, match="labels_key 'celltype' is not a column"):
+        tl.annotate(pbmc3k_mae, pbmc3k.copy(), labels_key="celltype")

@@ -18,6 +18,12 @@ def test_import_error_names_the_extra(counts_adata, monkeypatch):
         tl.integrate_scores(counts_adata, "batch", "group", use_rep="X_scssl")
 
 
+def test_a_missing_batch_column_is_named_as_the_batch_key(counts_adata):
+    pytest.importorskip("scib_metrics", reason="scib-metrics not installed (pip install 'scssl[bench]')")
+    with pytest.raises(KeyError, match="batch_key 'donor' is not a column"):
+        tl.integrate_scores(counts_adata, "donor", "group", use_rep="X_scssl")
+
+
 def test_scores_pca_against_noise(shared_data):
     pytest.importorskip("scib_metrics", reason="scib-metrics not installed (pip install 'scssl[bench]')")
     adata = ad.read_h5ad(shared_data / "pbmc_10x_3chemistries_symphony.h5ad")

@@ -20,9 +20,10 @@ def get_rep(adata: ad.AnnData, use_rep: str) -> np.ndarray:
     return np.asarray(adata.obsm[use_rep], dtype=np.float32)
 
 
-def get_labels(adata: ad.AnnData, key: str) -> np.ndarray:
+def get_labels(adata: ad.AnnData, key: str, argument: str = "labels_key") -> np.ndarray:
+    """``adata.obs[key]`` as strings; the error names the ``argument`` that chose the column."""
     if key not in adata.obs:
-        raise KeyError(f"labels_key {key!r} is not a column of adata.obs; columns: {list(adata.obs)}")
+        raise KeyError(f"{argument} {key!r} is not a column of adata.obs; columns: {list(adata.obs)}")
     labels = adata.obs[key]
     if labels.isna().any():
         raise ValueError(f"adata.obs[{key!r}] has {int(labels.isna().sum())} missing labels; drop those cells first")

@@ -131,6 +131,10 @@ def annotate(
     """
     if mode not in ("finetune", "linear", "knn"):
         raise ValueError(f"mode must be 'finetune', 'linear' or 'knn', got {mode!r}")
+    if n_shots is not None and n_shots < 1:
+        raise ValueError(f"n_shots must be at least 1 cell per type (or None for all), got {n_shots}")
+    if not 0.0 <= unknown_threshold <= 1.0:
+        raise ValueError(f"unknown_threshold is a confidence in [0, 1], got {unknown_threshold}")
     labels = get_labels(ref, labels_key)
     if query is None:
         train_idx, test_idx = _split_reference(labels, test_fraction, n_shots, seed)

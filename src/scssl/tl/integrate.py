@@ -57,11 +57,11 @@ def integrate_scores(
             "integrate_scores needs scib-metrics (and jax); install the extra: pip install 'scssl[bench]'"
         ) from err
     reps = [use_rep] if isinstance(use_rep, str) else list(use_rep)
-    if len(np.unique(get_labels(adata, labels_key))) < 2 or len(np.unique(get_labels(adata, batch_key))) < 2:
+    batches, labels = get_labels(adata, batch_key, "batch_key"), get_labels(adata, labels_key)
+    if len(np.unique(labels)) < 2 or len(np.unique(batches)) < 2:
         raise ValueError("integration scores need at least two labels and two batches")
     work = ad.AnnData(obs=pd.DataFrame({
-        "batch": pd.Categorical(get_labels(adata, batch_key)),
-        "label": pd.Categorical(get_labels(adata, labels_key)),
+        "batch": pd.Categorical(batches), "label": pd.Categorical(labels),
     }, index=adata.obs_names))
     for rep in reps:
         work.obsm[rep] = get_rep(adata, rep).astype(np.float32)
